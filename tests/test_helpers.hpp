@@ -1,0 +1,53 @@
+// Shared test utilities: seeded data and bitwise comparison.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <catch2/catch.hpp>
+
+namespace quant_test {
+
+// Sizes that hit empty input, a single element, pack size +-1 (for SSE..AVX-512) and a
+// long odd length with a tail.
+inline std::vector<std::size_t> edge_sizes() { return {0, 1, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33, 1003}; }
+
+inline std::vector<float> normal_floats(std::size_t n, std::uint32_t seed, float stddev = 1.0f, float mean = 0.0f) {
+  std::mt19937 g(seed);
+  std::normal_distribution<float> d(mean, stddev);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(g);
+  return v;
+}
+
+// Values that sit exactly on rounding ties of a grid with step `s` (k + 0.5) * s.
+inline std::vector<float> tie_floats(std::size_t n, float s, int range) {
+  std::vector<float> v(n);
+  for (std::size_t i = 0; i < n; ++i) v[i] = (static_cast<float>(static_cast<int>(i % (2 * range)) - range) + 0.5f) * s;
+  return v;
+}
+
+inline std::uint32_t bits_of(float x) {
+  std::uint32_t u;
+  std::memcpy(&u, &x, 4);
+  return u;
+}
+
+// Exact equality that also treats NaN == NaN; reports the first mismatch.
+template <class A, class B>
+void require_bitwise_equal(const A& got, const B& want, std::size_t n, const std::string& what = "") {
+  for (std::size_t i = 0; i < n; ++i) {
+    const float g = static_cast<float>(got[i]), w = static_cast<float>(want[i]);
+    const bool same = (std::isnan(g) && std::isnan(w)) || bits_of(g) == bits_of(w);
+    if (!same) {
+      INFO(what << " element " << i << ": got " << g << " want " << w);
+      REQUIRE(same);
+    }
+  }
+}
+
+}  // namespace quant_test

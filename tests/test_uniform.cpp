@@ -1,0 +1,251 @@
+#include <quant/uniform.hpp>
+#include <quant/reference/uniform.hpp>
+
+#include <xtensor/xadapt.hpp>
+#include <xtensor/xrandom.hpp>
+
+#include "test_helpers.hpp"
+
+using namespace quant;
+using quant_test::require_bitwise_equal;
+
+namespace {
+
+template <class Round>
+void check_eager_per_tensor(rounding_mode mode, const Round& r = {}) {
+  const grid g = grid::int_signed(8);
+  const qparams p = qparams::per_tensor(g, 0.05f, 3);
+  for (std::size_t n : quant_test::edge_sizes()) {
+    for (std::size_t offset : {0, 1, 3}) {  // unaligned starts
+      auto base = quant_test::normal_floats(n + offset, 17 + static_cast<std::uint32_t>(n), 4.0f);
+      std::vector<float> x(base.begin() + offset, base.end());
+      auto xt_x = xt::adapt(x, std::vector<std::size_t>{n});
+      xt::xarray<float> xa = xt_x;
+      auto y = eager::fake_quantize<Round>(xa, p, r);
+      std::uint64_t seed = 0;
+      if constexpr (Round::is_stochastic) seed = r.seed;
+      auto want = ref::fake_quantize(x, {n}, p, mode, false, seed);
+      require_bitwise_equal(y, want, n, std::string(Round::name()) + " n=" + std::to_string(n));
+      // the scalar-arch kernel is held to the same reference
+      std::vector<float> ys(n);
+      const auto plan = detail::make_segment_plan(std::vector<std::size_t>{n}, p, "test");
+      kernels::fake_quantize<simd::scalar, Round>(x.data(), ys.data(), plan, -128.f, 127.f, r);
+      require_bitwise_equal(ys, want, n, "scalar kernel");
+    }
+  }
+}
+
+}  // namespace
+
+TEST_CASE("grid bounds follow ALGORITHMS.md section 1", "[qparams]") {
+  CHECK(grid::int_signed(8).qmin() == -128);
+  CHECK(grid::int_signed(8).qmax() == 127);
+  CHECK(grid::int_signed(8, true).qmin() == -127);
+  CHECK(grid::int_unsigned(8).qmin() == 0);
+  CHECK(grid::int_unsigned(8).qmax() == 255);
+  CHECK(grid::int_unsigned(4, true).qmin() == 1);
+  CHECK(grid::int_signed(2).qmin() == -2);
+  CHECK(grid::int_signed(16).qmax() == 32767);
+  CHECK(grid::int_unsigned(16).qmax() == 65535);
+}
+
+TEST_CASE("eager fake-quant matches the scalar reference for every rounding policy", "[uniform]") {
+  check_eager_per_tensor<round_half_to_even>(rounding_mode::half_to_even);
+  check_eager_per_tensor<round_half_away_from_zero>(rounding_mode::half_away_from_zero);
+  check_eager_per_tensor<round_half_up>(rounding_mode::half_up);
+  check_eager_per_tensor<round_floor>(rounding_mode::floor);
+  check_eager_per_tensor<round_ceil>(rounding_mode::ceil);
+  check_eager_per_tensor<round_toward_zero>(rounding_mode::toward_zero);
+  check_eager_per_tensor<round_stochastic>(rounding_mode::stochastic, round_stochastic{12345});
+}
+
+TEST_CASE("rounding ties follow each policy", "[rounding]") {
+  // x * inv_s lands exactly on k + 0.5 with s = 1
+  const std::vector<float> v = {-2.5f, -1.5f, -0.5f, 0.5f, 1.5f, 2.5f};
+  const std::vector<float> even = {-2, -2, -0, 0, 2, 2};
+  const std::vector<float> away = {-3, -2, -1, 1, 2, 3};
+  const std::vector<float> up = {-2, -1, 0, 1, 2, 3};
+  for (std::size_t i = 0; i < v.size(); ++i) {
+    CHECK(round_half_to_even::apply(v[i]) == even[i]);
+    CHECK(round_half_away_from_zero::apply(v[i]) == away[i]);
+    CHECK(round_half_up::apply(v[i]) == up[i]);
+  }
+  CHECK(round_half_to_even::apply(0.49999997f) == 0.0f);
+  CHECK(round_half_up::apply(0.49999997f) == 0.0f);
+  CHECK(round_half_to_even::apply(8388609.0f) == 8388609.0f);  // 2^23 + 1: already integral
+  CHECK(round_half_to_even::apply(-8388607.5f) == -8388608.0f);
+}
+
+TEST_CASE("fake-quant special values: NaN passes, inf saturates, huge values saturate", "[uniform]") {
+  const qparams p = qparams::per_tensor(grid::int_unsigned(8), 0.1f, 10);
+  const float inf = std::numeric_limits<float>::infinity();
+  xt::xarray<float> x = {std::nanf(""), inf, -inf, 1e30f, -1e30f, 0.0f};
+  auto y = eager::fake_quantize(x, p);
+  CHECK(std::isnan(y(0)));
+  CHECK(y(1) == (255.0f - 10.0f) * 0.1f);
+  CHECK(y(2) == (0.0f - 10.0f) * 0.1f);
+  CHECK(y(3) == y(1));
+  CHECK(y(4) == y(2));
+  CHECK(y(5) == 0.0f);
+  xt::xarray<float> lazy = fake_quantize(x, p);
+  require_bitwise_equal(lazy, y, 6, "lazy");
+}
+
+TEST_CASE("per-channel along every axis and per-group match the reference", "[uniform]") {
+  const std::vector<std::size_t> shape = {3, 8, 5};
+  auto x = quant_test::normal_floats(3 * 8 * 5, 99, 2.0f);
+  xt::xarray<float> xa = xt::adapt(x, shape);
+  const grid g = grid::int_signed(4);
+  for (std::ptrdiff_t axis : {0, 1, 2, -1, -3}) {
+    const std::size_t ax = static_cast<std::size_t>(axis < 0 ? axis + 3 : axis);
+    std::vector<float> s(shape[ax]);
+    std::vector<std::int32_t> z(shape[ax]);
+    for (std::size_t c = 0; c < s.size(); ++c) {
+      s[c] = 0.1f + 0.07f * static_cast<float>(c);
+      z[c] = static_cast<std::int32_t>(c % 3) - 1;
+    }
+    const qparams p = qparams::per_channel(g, s, z, axis);
+    auto want = ref::fake_quantize(x, shape, p);
+    auto y = eager::fake_quantize(xa, p);
+    require_bitwise_equal(y, want, x.size(), "eager axis " + std::to_string(axis));
+    xt::xarray<float> lazy = fake_quantize(xa, p);
+    require_bitwise_equal(lazy, want, x.size(), "lazy axis " + std::to_string(axis));
+  }
+  for (std::ptrdiff_t axis : {0, 1, 2}) {
+    const std::size_t ax = static_cast<std::size_t>(axis);
+    for (std::size_t gs : {std::size_t(1), shape[ax]}) {
+      const std::size_t groups = x.size() / gs;
+      std::vector<float> s(groups);
+      std::vector<std::int32_t> z(groups, 0);
+      for (std::size_t k = 0; k < groups; ++k) s[k] = 0.05f + 0.01f * static_cast<float>(k % 17);
+      const qparams p = qparams::per_group(g, s, z, axis, gs);
+      require_bitwise_equal(eager::fake_quantize(xa, p), ref::fake_quantize(x, shape, p), x.size(),
+                            "group axis " + std::to_string(axis));
+    }
+  }
+  // per-group with g = 4 along the middle axis of size 8
+  std::vector<float> s(3 * 2 * 5);
+  for (std::size_t k = 0; k < s.size(); ++k) s[k] = 0.02f * static_cast<float>(k + 1);
+  const qparams p = qparams::per_group(g, s, std::vector<std::int32_t>(s.size(), 0), 1, 4);
+  require_bitwise_equal(eager::fake_quantize(xa, p), ref::fake_quantize(x, shape, p), x.size(), "group 4");
+}
+
+TEST_CASE("per-channel kernels on long rows (scalar runs) match the reference", "[uniform]") {
+  const std::vector<std::size_t> shape = {4, 200};
+  auto x = quant_test::normal_floats(800, 5);
+  xt::xarray<float> xa = xt::adapt(x, shape);
+  const qparams p = qparams::per_channel(grid::int_signed(8), {0.01f, 0.02f, 0.03f, 0.04f}, {0, 5, -5, 1}, 0);
+  require_bitwise_equal(eager::fake_quantize(xa, p), ref::fake_quantize(x, shape, p), x.size());
+}
+
+TEST_CASE("lazy fake-quant composes with expressions and equals eager", "[uniform]") {
+  xt::xarray<float> w = xt::adapt(quant_test::normal_floats(1003, 1), std::vector<std::size_t>{1003});
+  xt::xarray<float> b = xt::adapt(quant_test::normal_floats(1003, 2), std::vector<std::size_t>{1003});
+  const qparams p = qparams::per_tensor(grid::int_signed(8), 0.02f, 0);
+  xt::xarray<float> lazy = fake_quantize(w * 2.0f + b, 0.02f, 0, grid::int_signed(8));
+  xt::xarray<float> sum = w * 2.0f + b;
+  require_bitwise_equal(lazy, eager::fake_quantize(sum, p), sum.size());
+  xt::xarray<float> lazy_q = fake_quantize(w * 2.0f + b, p);
+  require_bitwise_equal(lazy_q, lazy, sum.size());
+}
+
+TEST_CASE("quantize / dequantize round trip and integer types", "[uniform]") {
+  auto x = quant_test::normal_floats(1003, 7, 3.0f);
+  xt::xarray<float> xa = xt::adapt(x, std::vector<std::size_t>{1003});
+  const qparams p = qparams::per_tensor(grid::int_unsigned(8), 0.05f, 128);
+  auto q = eager::quantize<std::uint8_t>(xa, p);
+  auto want = ref::quantize(x, {1003}, p);
+  for (std::size_t i = 0; i < x.size(); ++i) REQUIRE(static_cast<std::int32_t>(q(i)) == want[i]);
+  xt::xarray<std::uint8_t> lazy_q = quantize<std::uint8_t>(xa, p);
+  CHECK((lazy_q == q));
+  auto dq = eager::dequantize(q, p);
+  require_bitwise_equal(dq, eager::fake_quantize(xa, p), x.size(), "dequantize(quantize) == fake_quantize");
+  xt::xarray<float> lazy_dq = dequantize(q, p);
+  require_bitwise_equal(lazy_dq, dq, x.size());
+  CHECK_THROWS_AS(eager::quantize<std::int8_t>(xa, p), quant::invalid_argument);  // [0,255] does not fit int8
+  xt::xarray<float> with_nan = {1.0f, std::nanf("")};
+  CHECK_THROWS_AS(eager::quantize<std::uint8_t>(with_nan, p), quant::domain_error);
+  CHECK_THROWS_AS(xt::xarray<std::uint8_t>(quantize<std::uint8_t>(with_nan, p)), quant::domain_error);
+}
+
+TEST_CASE("AIMET convention clamps in float first", "[uniform]") {
+  // With s = 0.1, qmax = 127 the representable top is 12.7; x = 12.76 rounds to 128 under
+  // the PyTorch convention then clamps; AIMET clamps x to 12.7 first. Both give 12.7 here,
+  // but the grid values before clamping differ — compare against the reference.
+  auto x = quant_test::normal_floats(257, 3, 8.0f);
+  const qparams p = qparams::per_tensor(grid::int_signed(8), 0.1f, 0);
+  xt::xarray<float> xa = xt::adapt(x, std::vector<std::size_t>{257});
+  auto y = eager::fake_quantize<round_half_away_from_zero, aimet_convention>(xa, p);
+  require_bitwise_equal(y, ref::fake_quantize(x, {257}, p, rounding_mode::half_away_from_zero, true), 257);
+}
+
+TEST_CASE("stochastic rounding is unbiased and independent of threads", "[uniform][rounding]") {
+  const std::size_t n = (1u << 17) + 3;
+  std::vector<float> x(n, 0.3f);
+  xt::xarray<float> xa = xt::adapt(x, std::vector<std::size_t>{n});
+  const qparams p = qparams::per_tensor(grid::int_signed(8), 1.0f, 0);
+  set_num_threads(1);
+  auto y1 = eager::fake_quantize(xa, p, round_stochastic{7});
+  set_num_threads(2);
+  auto y2 = eager::fake_quantize(xa, p, round_stochastic{7});
+  set_num_threads(0);
+  require_bitwise_equal(y1, y2, n, "1 vs 2 threads");
+  const double mean = xt::mean(y1)();
+  // Bernoulli(0.3) mean over n samples: sd = sqrt(0.21 / n) ~ 0.0013; allow 5 sd
+  CHECK(std::fabs(mean - 0.3) < 5 * std::sqrt(0.21 / static_cast<double>(n)));
+  auto y3 = eager::fake_quantize(xa, p, round_stochastic{8});
+  CHECK(xt::any(xt::not_equal(y1, y3)));
+}
+
+TEST_CASE("qparams validation names the argument and the value", "[qparams][errors]") {
+  CHECK_THROWS_WITH(qparams::per_tensor(grid::int_signed(17), 1.0f), Catch::Contains("bits = 17"));
+  CHECK_THROWS_WITH(qparams::per_tensor(grid::int_signed(1), 1.0f), Catch::Contains("bits = 1"));
+  CHECK_THROWS_AS(qparams::per_tensor(grid::int_signed(8), 0.0f), quant::invalid_argument);
+  CHECK_THROWS_WITH(qparams::per_tensor(grid::int_signed(8), -1.0f), Catch::Contains("scale = -1"));
+  CHECK_THROWS_AS(qparams::per_tensor(grid::int_signed(8), std::nanf("")), quant::invalid_argument);
+  CHECK_THROWS_AS(qparams::per_tensor(grid::int_signed(8), INFINITY), quant::invalid_argument);
+  CHECK_THROWS_WITH(qparams::per_tensor(grid::int_signed(8), 1.0f, 128), Catch::Contains("zero_point = 128"));
+  CHECK_THROWS_AS(qparams::per_channel(grid::int_signed(8), {1.0f, 2.0f}, {0}, 0), quant::length_error);
+  CHECK_THROWS_AS(qparams::per_group(grid::int_signed(8), {1.0f}, {0}, 0, 0), quant::invalid_argument);
+  xt::xarray<float> x = xt::zeros<float>({4, 6});
+  const qparams pc = qparams::per_channel(grid::int_signed(8), {1.f, 1.f, 1.f}, 0);
+  CHECK_THROWS_AS(eager::fake_quantize(x, pc), quant::length_error);
+  CHECK_THROWS_AS(fake_quantize(x, pc), quant::length_error);
+  const qparams bad_axis = qparams::per_channel(grid::int_signed(8), {1.f, 1.f, 1.f, 1.f}, 2);
+  CHECK_THROWS_WITH(eager::fake_quantize(x, bad_axis), Catch::Contains("axis = 2"));
+  const qparams pg = qparams::per_group(grid::int_signed(8), std::vector<float>(6, 1.f), std::vector<std::int32_t>(6, 0), 1, 4);
+  CHECK_THROWS_WITH(eager::fake_quantize(x, pg), Catch::Contains("group_size = 4"));
+  try {
+    qparams::per_tensor(grid::int_signed(8), -2.0f);
+    FAIL("no throw");
+  } catch (const quant::error& e) {
+    CHECK(std::string(e.what()).find("qparams::per_tensor") != std::string::npos);
+  }
+}
+
+TEST_CASE("scale_from_range: PyTorch arithmetic, degenerate ranges", "[qparams]") {
+  // asymmetric uint8 over [-1, 3]: s = 4/255, z = 0 - round(-1 / s) = 64 (63.75 -> 64)
+  auto a = scale_from_range(grid::int_unsigned(8), -1.0f, 3.0f, scheme::asymmetric);
+  CHECK(a.scale == 4.0f / 255.0f);
+  CHECK(a.zero_point == 64);
+  // symmetric int8 absmax 2: s = 2 / 127.5
+  auto s = scale_from_range(grid::int_signed(8), -2.0f, 1.0f, scheme::symmetric);
+  CHECK(s.scale == 2.0f / 127.5f);
+  CHECK(s.zero_point == 0);
+  CHECK(scale_from_range(grid::int_signed(8), -2.0f, 1.0f, scheme::symmetric, symmetric_scale_convention::aimet).scale ==
+        2.0f / 127.0f);
+  CHECK(scale_from_range(grid::int_signed(4), -2.0f, 1.0f, scheme::symmetric,
+                         symmetric_scale_convention::brevitas_narrow).scale == 2.0f / 7.0f);
+  CHECK(scale_from_range(grid::int_unsigned(8), 0.f, 1.f, scheme::symmetric).zero_point == 128);
+  // all-zero tensor: scale floor, zero maps to exactly zero
+  auto z = scale_from_range(grid::int_signed(8), 0.0f, 0.0f, scheme::asymmetric);
+  CHECK(z.scale == FLT_EPSILON);
+  const qparams p = qparams::per_tensor(grid::int_signed(8), z.scale, z.zero_point);
+  xt::xarray<float> zeros = xt::zeros<float>({10});
+  CHECK((eager::fake_quantize(zeros, p) == zeros));
+  // a constant positive tensor: range widened to include 0, value representable
+  auto c = scale_from_range(grid::int_unsigned(8), 2.0f, 2.0f, scheme::asymmetric);
+  CHECK(c.zero_point == 0);
+  CHECK_THROWS_AS(scale_from_range(grid::int_signed(8), 1.0f, -1.0f, scheme::asymmetric), quant::invalid_argument);
+  CHECK_THROWS_AS(scale_from_range(grid::int_signed(8), std::nanf(""), 1.0f, scheme::asymmetric), quant::domain_error);
+}
