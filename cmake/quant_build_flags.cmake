@@ -2,7 +2,7 @@
 # -ffp-contract=off: no compiler-made FMA, so SIMD and scalar paths compute the same
 # roundings and can be compared bit for bit.
 add_library(quant_build_flags INTERFACE)
-target_compile_options(quant_build_flags INTERFACE -Wall -Wextra -ffp-contract=off)
+target_compile_options(quant_build_flags INTERFACE -Wall -Wextra -Wno-maybe-uninitialized -ffp-contract=off)
 if(QUANT_SIMD)
   target_compile_definitions(quant_build_flags INTERFACE XTENSOR_USE_XSIMD)
   target_compile_options(quant_build_flags INTERFACE -march=native)

@@ -1,0 +1,67 @@
+// Shared pieces of quant's benchmarks.
+//
+// Naming convention (bench_main.cpp relies on it): every benchmark's first argument is the
+// element count n, and it calls state.SetItemsProcessed(iterations * n). The baselines
+// `copy_memcpy/<n>` and `copy_loop/<n>` (registered by quant_bench::register_copy_baselines)
+// move the same n floats; the closing table divides each benchmark's items/s by theirs.
+// Outputs are caller-provided (allocated once outside the timed loop) unless a
+// benchmark's name says "_alloc".
+#pragma once
+
+#include <benchmark/benchmark.h>
+
+#include <cstddef>
+#include <cstring>
+#include <random>
+#include <vector>
+
+namespace quant_bench {
+
+inline std::vector<float> normal_data(std::size_t n, unsigned seed = 42, float stddev = 1.0f) {
+  std::mt19937 g(seed);
+  std::normal_distribution<float> d(0.0f, stddev);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(g);
+  return v;
+}
+
+// The sizes the issues ask for: 2^12, 2^16, 2^20, 2^24 floats.
+inline void standard_sizes(benchmark::internal::Benchmark* b) {
+  for (long n : {1L << 12, 1L << 16, 1L << 20, 1L << 24}) b->Arg(n);
+}
+
+inline void copy_memcpy(benchmark::State& state) {
+  const std::size_t n = static_cast<std::size_t>(state.range(0));
+  std::vector<float> src = normal_data(n), dst(n);
+  for (auto _ : state) {
+    std::memcpy(dst.data(), src.data(), n * sizeof(float));
+    benchmark::DoNotOptimize(dst.data());
+    benchmark::ClobberMemory();
+  }
+  state.SetItemsProcessed(static_cast<long>(state.iterations()) * static_cast<long>(n));
+  state.SetBytesProcessed(static_cast<long>(state.iterations()) * static_cast<long>(n * 2 * sizeof(float)));
+}
+
+inline void copy_loop(benchmark::State& state) {
+  const std::size_t n = static_cast<std::size_t>(state.range(0));
+  std::vector<float> src = normal_data(n), dst(n);
+  for (auto _ : state) {
+    const float* s = src.data();
+    float* d = dst.data();
+    for (std::size_t i = 0; i < n; ++i) d[i] = s[i];
+    benchmark::DoNotOptimize(dst.data());
+    benchmark::ClobberMemory();
+  }
+  state.SetItemsProcessed(static_cast<long>(state.iterations()) * static_cast<long>(n));
+  state.SetBytesProcessed(static_cast<long>(state.iterations()) * static_cast<long>(n * 2 * sizeof(float)));
+}
+
+// Registers both copy baselines over the given sizes; call once per benchmark file
+// (static registration: `static const bool reg = quant_bench::register_copy_baselines();`).
+inline bool register_copy_baselines(void (*sizes)(benchmark::internal::Benchmark*) = standard_sizes) {
+  benchmark::RegisterBenchmark("copy_memcpy", copy_memcpy)->Apply(sizes)->UseRealTime();
+  benchmark::RegisterBenchmark("copy_loop", copy_loop)->Apply(sizes)->UseRealTime();
+  return true;
+}
+
+}  // namespace quant_bench
