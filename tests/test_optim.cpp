@@ -1,0 +1,128 @@
+#include <quant/optim.hpp>
+#include <quant/reference/optim.hpp>
+
+#include <cmath>
+#include <vector>
+
+#include "test_helpers.hpp"
+
+using namespace quant;
+using quant_test::require_bitwise_equal;
+
+TEST_CASE("Adam kernels match the reference loop bit for bit (SIMD, scalar, any size)", "[optim]") {
+  adam_options o;
+  o.learning_rate = 0.01f;
+  o.weight_decay = 0.1f;
+  for (std::size_t n : quant_test::edge_sizes()) {
+    for (std::size_t offset : {0, 1}) {
+      auto p0 = quant_test::normal_floats(n + offset, 3 + static_cast<std::uint32_t>(n));
+      std::vector<float> p(p0.begin() + offset, p0.end());
+      std::vector<float> ps = p, pr = p, mr(n, 0.0f), vr(n, 0.0f), ms(n, 0.0f), vs(n, 0.0f);
+      adam opt(n, o);
+      for (std::size_t t = 1; t <= 3; ++t) {
+        auto g = quant_test::normal_floats(n, 100 + static_cast<std::uint32_t>(t), 2.0f);
+        opt.step(p.data(), g.data());
+        kernels::adam_update<simd::scalar>(ps.data(), g.data(), ms.data(), vs.data(), n, adam_step::make(o, t));
+        ref::adam_step(pr, g, mr, vr, t, o);
+      }
+      CHECK(opt.steps() == 3);
+      require_bitwise_equal(p, pr, n, "adam simd n=" + std::to_string(n));
+      require_bitwise_equal(ps, pr, n, "adam scalar n=" + std::to_string(n));
+      require_bitwise_equal(opt.first_moment(), mr, n, "first moment");
+      require_bitwise_equal(opt.second_moment(), vr, n, "second moment");
+    }
+  }
+}
+
+TEST_CASE("Adam first step moves each parameter by lr against the gradient sign", "[optim]") {
+  // t = 1: m_hat = g, v_hat = g^2, so the step is lr * g / (|g| + eps).
+  std::vector<float> p = {1.0f, -2.0f, 0.5f, 3.0f};
+  const std::vector<float> g = {0.3f, -7.0f, 1e-3f, -0.2f};
+  adam opt(p.size(), adam_options{0.1f});
+  const std::vector<float> p0 = p;
+  opt.step(p, g);
+  for (std::size_t i = 0; i < p.size(); ++i) {
+    const double want = p0[i] - 0.1 * g[i] / (std::fabs(g[i]) + 1e-8);
+    CHECK(p[i] == Approx(want).epsilon(1e-6));
+  }
+}
+
+TEST_CASE("Adam minimizes a badly scaled quadratic", "[optim]") {
+  // f(p) = sum c_i (p_i - t_i)^2 with curvatures over 4 decades: Adam's per-coordinate
+  // normalization reaches every target.
+  const std::size_t n = 37;
+  std::vector<float> p(n, 0.0f), c(n), target(n), g(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    c[i] = std::pow(10.0f, static_cast<float>(i % 5) - 2.0f);
+    target[i] = std::sin(static_cast<float>(i));
+  }
+  adam opt(n, adam_options{0.05f});
+  for (int it = 0; it < 3000; ++it) {
+    for (std::size_t i = 0; i < n; ++i) g[i] = 2.0f * c[i] * (p[i] - target[i]);
+    opt.step(p, g);
+    if (it == 2000) opt.set_learning_rate(0.005f);
+  }
+  for (std::size_t i = 0; i < n; ++i) CHECK(p[i] == Approx(target[i]).margin(2e-2));
+}
+
+TEST_CASE("SGD with and without momentum matches the reference and the closed form", "[optim]") {
+  for (const sgd_options o : {sgd_options{0.1f}, sgd_options{0.1f, 0.9f}, sgd_options{0.1f, 0.9f, 0.0f, true, 0.01f},
+                              sgd_options{0.05f, 0.5f, 0.5f, false, 0.0f}}) {
+    for (std::size_t n : quant_test::edge_sizes()) {
+      auto p = quant_test::normal_floats(n, 9);
+      std::vector<float> pr = p, buf(n, 0.0f);
+      sgd opt(n, o);
+      for (std::size_t t = 0; t < 3; ++t) {
+        auto g = quant_test::normal_floats(n, 50 + static_cast<std::uint32_t>(t));
+        opt.step(p, g);
+        ref::sgd_step(pr, g, buf, t == 0, o);
+      }
+      require_bitwise_equal(p, pr, n, "sgd n=" + std::to_string(n));
+    }
+  }
+  // Plain SGD on f = p^2/2 from p = 1 with lr 0.1: p_k = 0.9^k.
+  std::vector<float> p = {1.0f}, g(1);
+  sgd opt(1, sgd_options{0.1f});
+  for (int k = 0; k < 10; ++k) {
+    g[0] = p[0];
+    opt.step(p, g);
+  }
+  CHECK(p[0] == Approx(std::pow(0.9, 10)).epsilon(1e-6));
+}
+
+TEST_CASE("Optimizer updates do not depend on the thread count", "[optim]") {
+  const std::size_t n = (std::size_t(1) << 17) + 13;  // several pieces, odd tail
+  auto g = quant_test::normal_floats(n, 1);
+  std::vector<float> a = quant_test::normal_floats(n, 2), b = a;
+  set_num_threads(1);
+  adam o1(n);
+  o1.step(a, g);
+  set_num_threads(2);
+  adam o2(n);
+  o2.step(b, g);
+  set_num_threads(0);
+  require_bitwise_equal(a, b, n, "1 vs 2 threads");
+}
+
+TEST_CASE("cosine_decay follows the closed form", "[optim]") {
+  CHECK(cosine_decay(1.0f, 0, 100) == 1.0f);
+  CHECK(cosine_decay(1.0f, 50, 100) == Approx(0.5f));
+  CHECK(cosine_decay(1.0f, 25, 100, 0.2f) == Approx(0.2 + 0.8 * 0.5 * (1.0 + std::cos(M_PI / 4))));
+  CHECK(cosine_decay(1.0f, 100, 100) == 0.0f);
+}
+
+TEST_CASE("Optimizer options are validated", "[optim]") {
+  CHECK_THROWS_AS(adam(4, adam_options{0.0f}), quant::invalid_argument);
+  CHECK_THROWS_AS(adam(4, adam_options{-1.0f}), quant::invalid_argument);
+  CHECK_THROWS_AS(adam(4, adam_options{1e-3f, 1.0f}), quant::invalid_argument);
+  CHECK_THROWS_AS(adam(4, adam_options{1e-3f, 0.9f, -0.1f}), quant::invalid_argument);
+  CHECK_THROWS_AS(adam(4, adam_options{1e-3f, 0.9f, 0.999f, 0.0f}), quant::invalid_argument);
+  CHECK_THROWS_AS(adam(4, adam_options{NAN}), quant::invalid_argument);
+  CHECK_THROWS_AS(sgd(4, sgd_options{0.1f, 0.0f, 0.0f, true}), quant::invalid_argument);
+  CHECK_THROWS_AS(sgd(4, sgd_options{0.1f, 1.5f}), quant::invalid_argument);
+  adam a(4);
+  std::vector<float> p(4), g(3);
+  CHECK_THROWS_AS(a.step(p, g), quant::length_error);
+  CHECK_THROWS_AS(a.set_learning_rate(-1.0f), quant::invalid_argument);
+  CHECK_THROWS_WITH(adam(4, adam_options{0.0f}), Catch::Contains("quant::adam: learning_rate = 0"));
+}
