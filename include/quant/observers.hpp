@@ -1,0 +1,11 @@
+// quant/observers.hpp — range setting (ALGORITHMS.md §2): every observer and the
+// one-shot calibrate_* functions. Each observer streams (update), merges, saves/loads a
+// small versioned text format, and turns its statistics into validated qparams with
+// compute(grid, scheme, symmetric_scale_convention).
+//
+//   range/minmax.hpp      minmax_observer, moving_average_minmax_observer, calibrate_minmax
+//   range/mse.hpp         kernels::lp_error (fused), lp_search, mse_observer, calibrate_mse
+#pragma once
+
+#include "range/minmax.hpp"
+#include "range/mse.hpp"
