@@ -1,0 +1,275 @@
+// examples/common/npy_io.hpp — NumPy .npy files in and out, validated before xtensor sees them.
+//
+// xtensor 0.24's xnpy reads versions 1.0/2.0, any '<f4'-style typestring and Fortran order
+// (as a column-major adaptor), but it trusts the file: a short file is read past its end
+// without an error, a huge shape is allocated as given, a typestring that does not match
+// the requested type throws only after the whole file has been read. So every file is
+// checked here first — magic, version, header length, the header dictionary (descr,
+// fortran_order, shape, nothing else), a supported little-endian dtype, shape overflow, and
+// that the data is exactly as long as the shape says — and only a file that passes is handed
+// to xt::load_npy. Fortran-order arrays are accepted and copied to row-major.
+// Writing goes through xt::dump_npy into memory, then to `<path>.tmp-<pid>` and a rename, so
+// a failure never leaves a partial file under the final name.
+//
+// Failures throw examples::npy_error with the path and the reason.
+#pragma once
+
+#include <unistd.h>
+
+#include <cctype>
+#include <cstdint>
+#include <cstdio>
+#include <fstream>
+#include <limits>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <xtensor/xadapt.hpp>
+#include <xtensor/xarray.hpp>
+#include <xtensor/xnpy.hpp>
+
+namespace examples {
+
+struct npy_error : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+enum class npy_dtype { f4, f8, i1, u1, i2, u2, i4, u4, i8, u8 };
+
+inline const char* npy_descr(npy_dtype t) {
+  switch (t) {
+    case npy_dtype::f4: return "<f4";
+    case npy_dtype::f8: return "<f8";
+    case npy_dtype::i1: return "|i1";
+    case npy_dtype::u1: return "|u1";
+    case npy_dtype::i2: return "<i2";
+    case npy_dtype::u2: return "<u2";
+    case npy_dtype::i4: return "<i4";
+    case npy_dtype::u4: return "<u4";
+    case npy_dtype::i8: return "<i8";
+    case npy_dtype::u8: return "<u8";
+  }
+  return "?";
+}
+
+inline std::size_t npy_itemsize(npy_dtype t) {
+  switch (t) {
+    case npy_dtype::f4: case npy_dtype::i4: case npy_dtype::u4: return 4;
+    case npy_dtype::f8: case npy_dtype::i8: case npy_dtype::u8: return 8;
+    case npy_dtype::i1: case npy_dtype::u1: return 1;
+    case npy_dtype::i2: case npy_dtype::u2: return 2;
+  }
+  return 0;
+}
+
+struct npy_info {
+  npy_dtype dtype = npy_dtype::f4;
+  bool fortran_order = false;
+  std::vector<std::size_t> shape;
+  std::size_t size = 1;         // element count
+  std::size_t data_offset = 0;  // bytes before the data
+};
+
+namespace detail {
+
+[[noreturn]] inline void npy_fail(const std::string& path, const std::string& what) {
+  throw npy_error(path + ": " + what);
+}
+
+// A tiny parser for the header's Python dict literal: {'key': value, ...}
+struct npy_header_parser {
+  const std::string& s;
+  const std::string& path;
+  std::size_t i = 0;
+
+  void skip_ws() {
+    while (i < s.size() && (s[i] == ' ' || s[i] == '\t' || s[i] == '\n')) ++i;
+  }
+  bool eat(char c) {
+    skip_ws();
+    if (i < s.size() && s[i] == c) return ++i, true;
+    return false;
+  }
+  void expect(char c, const char* where) {
+    if (!eat(c)) npy_fail(path, std::string("malformed .npy header: expected '") + c + "' " + where);
+  }
+  std::string quoted() {
+    skip_ws();
+    if (i >= s.size() || (s[i] != '\'' && s[i] != '"')) npy_fail(path, "malformed .npy header: expected a quoted string");
+    const char q = s[i++];
+    const std::size_t b = i;
+    while (i < s.size() && s[i] != q) ++i;
+    if (i >= s.size()) npy_fail(path, "malformed .npy header: unterminated string");
+    return s.substr(b, i++ - b);
+  }
+  std::string word() {
+    skip_ws();
+    const std::size_t b = i;
+    while (i < s.size() && std::isalpha(static_cast<unsigned char>(s[i]))) ++i;
+    return s.substr(b, i - b);
+  }
+  std::size_t integer() {
+    skip_ws();
+    if (i >= s.size() || !std::isdigit(static_cast<unsigned char>(s[i])))
+      npy_fail(path, "malformed .npy header: shape entries must be non-negative integers");
+    std::size_t v = 0;
+    while (i < s.size() && std::isdigit(static_cast<unsigned char>(s[i]))) {
+      const std::size_t d = static_cast<std::size_t>(s[i++] - '0');
+      if (v > (std::numeric_limits<std::size_t>::max() - d) / 10) npy_fail(path, "shape entry too large");
+      v = v * 10 + d;
+    }
+    if (i < s.size() && s[i] == 'L') ++i;  // Python 2 long suffix
+    return v;
+  }
+};
+
+inline npy_dtype parse_descr(const std::string& d, const std::string& path) {
+  static const npy_dtype all[] = {npy_dtype::f4, npy_dtype::f8, npy_dtype::i1, npy_dtype::u1, npy_dtype::i2,
+                                  npy_dtype::u2, npy_dtype::i4, npy_dtype::u4, npy_dtype::i8, npy_dtype::u8};
+  for (npy_dtype t : all) {
+    const std::string name = npy_descr(t);
+    if (d == name) return t;
+    if (npy_itemsize(t) == 1 && (d == "<" + name.substr(1) || d == ">" + name.substr(1))) return t;
+  }
+  if (!d.empty() && d[0] == '>') npy_fail(path, "unsupported dtype '" + d + "' (big-endian; save it little-endian)");
+  npy_fail(path, "unsupported dtype '" + d + "' (supported: float32, float64, int8/16/32/64, uint8/16/32/64)");
+}
+
+}  // namespace detail
+
+// Reads and checks the header of `path`; the data length must match the shape exactly.
+inline npy_info read_npy_info(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) detail::npy_fail(path, "cannot open file");
+  f.seekg(0, std::ios::end);
+  const std::streamoff file_size = f.tellg();
+  f.seekg(0);
+  char pre[10];
+  if (file_size < 10 || !f.read(pre, 10)) detail::npy_fail(path, "not a .npy file (too short for the magic string)");
+  if (std::string(pre, 6) != "\x93NUMPY") detail::npy_fail(path, "not a .npy file (bad magic string)");
+  const unsigned major = static_cast<unsigned char>(pre[6]), minor = static_cast<unsigned char>(pre[7]);
+  std::size_t header_len = 0, prefix = 0;
+  if (major == 1 && minor == 0) {
+    header_len = static_cast<unsigned char>(pre[8]) | (static_cast<std::size_t>(static_cast<unsigned char>(pre[9])) << 8);
+    prefix = 10;
+  } else if (major == 2 && minor == 0) {
+    char more[2];
+    if (!f.read(more, 2)) detail::npy_fail(path, "truncated .npy header");
+    header_len = static_cast<unsigned char>(pre[8]) | (std::size_t(static_cast<unsigned char>(pre[9])) << 8) |
+                 (std::size_t(static_cast<unsigned char>(more[0])) << 16) |
+                 (std::size_t(static_cast<unsigned char>(more[1])) << 24);
+    prefix = 12;
+  } else {
+    detail::npy_fail(path, "unsupported .npy format version " + std::to_string(major) + "." + std::to_string(minor));
+  }
+  if (static_cast<std::streamoff>(prefix + header_len) > file_size) detail::npy_fail(path, "truncated .npy header");
+  std::string header(header_len, '\0');
+  if (!f.read(&header[0], static_cast<std::streamsize>(header_len))) detail::npy_fail(path, "truncated .npy header");
+  if (header.empty() || header.back() != '\n') detail::npy_fail(path, "malformed .npy header (no terminating newline)");
+
+  npy_info info;
+  bool have_descr = false, have_fortran = false, have_shape = false;
+  detail::npy_header_parser p{header, path};
+  p.expect('{', "at the start of the header");
+  while (!p.eat('}')) {
+    const std::string key = p.quoted();
+    p.expect(':', "after a key");
+    if (key == "descr") {
+      info.dtype = detail::parse_descr(p.quoted(), path);
+      have_descr = true;
+    } else if (key == "fortran_order") {
+      const std::string w = p.word();
+      if (w != "True" && w != "False") detail::npy_fail(path, "malformed .npy header: fortran_order = '" + w + "'");
+      info.fortran_order = (w == "True");
+      have_fortran = true;
+    } else if (key == "shape") {
+      p.expect('(', "to open the shape");
+      while (!p.eat(')')) {
+        info.shape.push_back(p.integer());
+        if (!p.eat(',')) {
+          p.expect(')', "to close the shape");
+          break;
+        }
+      }
+      have_shape = true;
+    } else {
+      detail::npy_fail(path, "malformed .npy header: unexpected key '" + key + "' (structured dtypes are not supported)");
+    }
+    if (!p.eat(',')) {
+      p.expect('}', "at the end of the header");
+      break;
+    }
+  }
+  if (!have_descr || !have_fortran || !have_shape)
+    detail::npy_fail(path, "malformed .npy header: needs 'descr', 'fortran_order' and 'shape'");
+  info.size = 1;
+  for (std::size_t d : info.shape) {
+    if (d != 0 && info.size > std::numeric_limits<std::size_t>::max() / 16 / d)
+      detail::npy_fail(path, "shape too large");
+    info.size *= d;
+  }
+  info.data_offset = prefix + header_len;
+  const std::size_t expected = info.size * npy_itemsize(info.dtype);
+  const std::size_t actual = static_cast<std::size_t>(file_size) - info.data_offset;
+  if (actual < expected)
+    detail::npy_fail(path, "truncated data: the shape needs " + std::to_string(expected) + " bytes, the file holds " +
+                               std::to_string(actual));
+  if (actual > expected)
+    detail::npy_fail(path, std::to_string(actual - expected) + " unexpected bytes after the data");
+  return info;
+}
+
+namespace detail {
+template <class T>
+xt::xarray<float> load_npy_as_float(const std::string& path) {
+  // Validated above, so xnpy reads exactly what the header says. Dynamic layout: a
+  // Fortran-order file becomes a column-major adaptor, and the assignment copies it into
+  // a row-major array.
+  auto a = xt::load_npy<T>(path);
+  xt::xarray<float> out = xt::cast<float>(a);
+  return out;
+}
+}  // namespace detail
+
+// A float32 or float64 .npy file as a row-major float array (float64 rounded to float).
+inline xt::xarray<float> load_npy_float(const std::string& path, npy_info* info_out = nullptr) {
+  const npy_info info = read_npy_info(path);
+  if (info_out) *info_out = info;
+  try {
+    switch (info.dtype) {
+      case npy_dtype::f4: return detail::load_npy_as_float<float>(path);
+      case npy_dtype::f8: return detail::load_npy_as_float<double>(path);
+      default:
+        detail::npy_fail(path, std::string("dtype ") + npy_descr(info.dtype) + " is not a float type (float32 or float64 expected)");
+    }
+  } catch (const npy_error&) {
+    throw;
+  } catch (const std::exception& e) {
+    detail::npy_fail(path, std::string("cannot read: ") + e.what());
+  }
+}
+
+// Writes `e` as .npy atomically (temporary name + rename).
+template <class E>
+void save_npy(const std::string& path, const xt::xexpression<E>& e) {
+  const std::string bytes = xt::dump_npy(e);
+  const std::string tmp = path + ".tmp-" + std::to_string(::getpid());
+  {
+    std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
+    if (!f) detail::npy_fail(path, "cannot create " + tmp);
+    f.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    f.flush();
+    if (!f) {
+      f.close();
+      std::remove(tmp.c_str());
+      detail::npy_fail(path, "write failed (disk full?)");
+    }
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    std::remove(tmp.c_str());
+    detail::npy_fail(path, "cannot rename the temporary file into place");
+  }
+}
+
+}  // namespace examples

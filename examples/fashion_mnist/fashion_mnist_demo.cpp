@@ -1,0 +1,131 @@
+// Fashion-MNIST quantization demo: trains (or loads) an MLP and a small CNN in FP32, then
+// quantizes them with quant's primitives and prints one table of test accuracy, with the
+// time each row took. The table is also written as CSV and an SVG chart.
+//
+//   fashion_mnist_demo [--quick] [--data DIR] [--cache-dir DIR] [--out DIR]
+//
+// --quick: the MLP only, fewer epochs and optimisation iterations (about a minute on two
+// cores); the test suite runs it with --check, which turns the sanity expectations into
+// the exit status.
+#include <sys/stat.h>
+
+#include <chrono>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+
+#include "../common/idx_reader.hpp"
+#include "methods.hpp"
+#include "report.hpp"
+#include "trainer.hpp"
+
+using namespace examples;
+
+namespace {
+
+struct demo_options {
+  std::string data_dir = "/usr/share/datasets/fashion-mnist";
+  std::string cache_dir = ".";
+  std::string out_dir = ".";
+  bool quick = false;
+  bool check = false;
+  bool retrain = false;
+  bool no_cnn = false;
+  std::uint64_t seed = 1;
+};
+
+network trained_network(const std::string& name, const std::vector<layer_spec>& specs, const train_config& cfg,
+                        const split_tensors& train_set, const demo_options& o, double& seconds) {
+  network net = make_network(name, specs, cfg.seed);
+  const std::string dir = o.cache_dir + "/" + cache_key(net, cfg);
+  const auto t0 = std::chrono::steady_clock::now();
+  if (!o.retrain && load_cached(net, dir)) {
+    std::fprintf(stderr, "%s: FP32 weights loaded from %s\n", name.c_str(), dir.c_str());
+  } else {
+    train(net, train_set, cfg);
+    save_cached(net, dir);
+    std::fprintf(stderr, "%s: FP32 weights cached in %s\n", name.c_str(), dir.c_str());
+  }
+  seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return net;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  demo_options o;
+  CLI::App app{"quant: Fashion-MNIST post-training quantization and QAT demo"};
+  app.add_option("--data", o.data_dir, "directory with the Fashion-MNIST IDX files (.gz or plain)")
+      ->capture_default_str();
+  app.add_option("--cache-dir", o.cache_dir, "where the trained FP32 weights are cached as .npy")->capture_default_str();
+  app.add_option("--out", o.out_dir, "where fashion_mnist_results.csv / .svg are written")->capture_default_str();
+  app.add_flag("--quick", o.quick, "MLP only, fewer epochs and iterations (about a minute on 2 cores)");
+  app.add_flag("--check", o.check, "exit with status 1 unless the sanity expectations hold");
+  app.add_flag("--retrain", o.retrain, "ignore the FP32 cache");
+  app.add_flag("--no-cnn", o.no_cnn, "skip the CNN");
+  app.add_option("--seed", o.seed, "seed of initialisation, shuffling and every random method")->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
+
+  try {
+    use_single_threaded_blas();
+    ::mkdir(o.cache_dir.c_str(), 0755);
+    ::mkdir(o.out_dir.c_str(), 0755);
+    const auto t_start = std::chrono::steady_clock::now();
+    std::fprintf(stderr, "loading Fashion-MNIST from %s\n", o.data_dir.c_str());
+    const fashion_mnist raw = load_fashion_mnist(o.data_dir);
+    const split_tensors train_set = to_tensors(raw.train), test_set = to_tensors(raw.test);
+    const split_tensors calib = calibration_subset(train_set, 1024, o.seed);
+
+    const method_budget budget = o.quick ? method_budget::quick() : method_budget::full();
+    std::vector<result_row> rows;
+    struct model_job {
+      std::string name;
+      std::vector<layer_spec> specs;
+      train_config cfg;
+    };
+    std::vector<model_job> jobs;
+    train_config mlp_cfg;
+    mlp_cfg.epochs = o.quick ? 3 : 10;
+    mlp_cfg.seed = o.seed;
+    jobs.push_back({"mlp", mlp_specs(), mlp_cfg});
+    if (!o.quick && !o.no_cnn) {
+      train_config cnn_cfg;
+      cnn_cfg.epochs = 4;
+      cnn_cfg.seed = o.seed;
+      jobs.push_back({"cnn", cnn_specs(), cnn_cfg});
+    }
+    for (const auto& job : jobs) {
+      double train_seconds = 0.0;
+      const network net = trained_network(job.name, job.specs, job.cfg, train_set, o, train_seconds);
+      const model_context ctx{net, train_set, calib, test_set, budget, o.seed};
+      for (const auto& def : row_registry(o.quick)) {
+        if (!def.applies_to(job.name)) continue;
+        const auto t0 = std::chrono::steady_clock::now();
+        result_row r = def.run(ctx);
+        r.model = job.name;
+        r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        if (r.method == "FP32") r.note = "training " + format_seconds(train_seconds);
+        print_row(r, rows.empty());
+        rows.push_back(r);
+      }
+    }
+    const double total = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+    std::printf("\ntotal %.1f s\n", total);
+    const std::string csv = o.out_dir + "/fashion_mnist_results.csv", svg = o.out_dir + "/fashion_mnist_results.svg";
+    write_csv(csv, rows);
+    write_svg(svg, rows);
+    std::printf("wrote %s and %s\n", csv.c_str(), svg.c_str());
+    if (o.check) {
+      const auto failures = sanity_failures(rows);
+      for (const auto& f : failures) std::fprintf(stderr, "CHECK FAILED: %s\n", f.c_str());
+      if (!failures.empty()) return 1;
+      std::printf("all sanity checks passed\n");
+    }
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "fashion_mnist_demo: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

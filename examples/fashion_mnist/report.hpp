@@ -1,0 +1,176 @@
+// examples/fashion_mnist/report.hpp — the demo's results table on stdout, as CSV, and as
+// an SVG chart (test accuracy vs weight bits, one line per method and model).
+#pragma once
+
+#include <algorithm>
+#include <cstdio>
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace examples {
+
+struct result_row {
+  std::string model;
+  std::string method;  // e.g. "RTN min-max", "AdaRound", "LSQ+"
+  std::string series;  // chart line, e.g. "RTN min-max", "AdaRound A4"
+  int wbits = 32, abits = 32;  // 32 = float; abits 0 = float activations
+  double accuracy = 0.0;       // fraction in [0, 1]
+  double seconds = 0.0;
+  std::string note;
+};
+
+inline std::string format_seconds(double s) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.1f s", s);
+  return buf;
+}
+
+inline std::string bits_label(int bits) { return bits == 0 || bits == 32 ? "32" : std::to_string(bits); }
+
+inline void print_row(const result_row& r, bool header) {
+  if (header) {
+    std::printf("\n%-5s %-22s %4s %4s %9s %8s  %s\n", "model", "method", "W", "A", "test acc", "time", "note");
+    std::printf("%s\n", std::string(72, '-').c_str());
+  }
+  std::printf("%-5s %-22s %4s %4s %8.2f%% %7.1fs  %s\n", r.model.c_str(), r.method.c_str(), bits_label(r.wbits).c_str(),
+              bits_label(r.abits).c_str(), 100.0 * r.accuracy, r.seconds, r.note.c_str());
+  std::fflush(stdout);
+}
+
+namespace detail {
+inline void write_file_atomic(const std::string& path, const std::string& text) {
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream f(tmp, std::ios::trunc);
+    f << text;
+    f.flush();
+    if (!f) throw std::runtime_error("cannot write " + tmp);
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) throw std::runtime_error("cannot rename " + tmp + " to " + path);
+}
+}  // namespace detail
+
+inline void write_csv(const std::string& path, const std::vector<result_row>& rows) {
+  std::ostringstream os;
+  os << "model,method,weight_bits,activation_bits,test_accuracy,seconds\n";
+  for (const auto& r : rows) {
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "%.4f,%.2f", r.accuracy, r.seconds);
+    os << r.model << ',' << r.method << ',' << bits_label(r.wbits) << ',' << bits_label(r.abits) << ',' << buf << '\n';
+  }
+  detail::write_file_atomic(path, os.str());
+}
+
+// One panel per model: x = weight bits (2, 3, 4, 8 on evenly spaced ticks), y = accuracy;
+// one polyline per series, FP32 as a dashed horizontal line.
+inline void write_svg(const std::string& path, const std::vector<result_row>& rows) {
+  std::vector<std::string> models;
+  for (const auto& r : rows)
+    if (std::find(models.begin(), models.end(), r.model) == models.end()) models.push_back(r.model);
+  const int pw = 520, ph = 360, ml = 60, mr = 170, mt = 40, mb = 50;
+  const int W = static_cast<int>(models.size()) * pw, H = ph;
+  const int bit_ticks[] = {2, 3, 4, 8};
+  const char* palette[] = {"#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
+                           "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"};
+  std::ostringstream os;
+  os << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << W << "\" height=\"" << H
+     << "\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n";
+  for (std::size_t m = 0; m < models.size(); ++m) {
+    const int x0 = static_cast<int>(m) * pw + ml, x1 = static_cast<int>(m + 1) * pw - mr, y0 = mt, y1 = ph - mb;
+    auto xpos = [&](int bits) {
+      int k = 0;
+      for (int i = 0; i < 4; ++i)
+        if (bit_ticks[i] == bits) k = i;
+      return x0 + (x1 - x0) * k / 3;
+    };
+    auto ypos = [&](double acc) { return y1 - (y1 - y0) * std::max(0.0, std::min(1.0, acc)); };
+    os << "<text x=\"" << (x0 + x1) / 2 << "\" y=\"22\" text-anchor=\"middle\" font-size=\"14\">Fashion-MNIST "
+       << models[m] << ": test accuracy vs weight bits</text>\n";
+    os << "<rect x=\"" << x0 << "\" y=\"" << y0 << "\" width=\"" << x1 - x0 << "\" height=\"" << y1 - y0
+       << "\" fill=\"none\" stroke=\"#333\"/>\n";
+    for (int a = 0; a <= 100; a += 20) {
+      const double y = ypos(a / 100.0);
+      os << "<line x1=\"" << x0 << "\" x2=\"" << x1 << "\" y1=\"" << y << "\" y2=\"" << y
+         << "\" stroke=\"#ddd\"/><text x=\"" << x0 - 6 << "\" y=\"" << y + 4 << "\" text-anchor=\"end\">" << a
+         << "%</text>\n";
+    }
+    for (int b : bit_ticks)
+      os << "<text x=\"" << xpos(b) << "\" y=\"" << y1 + 18 << "\" text-anchor=\"middle\">W" << b << "</text>\n";
+    os << "<text x=\"" << (x0 + x1) / 2 << "\" y=\"" << y1 + 38 << "\" text-anchor=\"middle\">weight bits</text>\n";
+    std::map<std::string, std::vector<const result_row*>> series;
+    std::vector<std::string> order;
+    for (const auto& r : rows) {
+      if (r.model != models[m]) continue;
+      if (r.method == "FP32") {
+        const double y = ypos(r.accuracy);
+        os << "<line x1=\"" << x0 << "\" x2=\"" << x1 << "\" y1=\"" << y << "\" y2=\"" << y
+           << "\" stroke=\"black\" stroke-dasharray=\"6,4\"/><text x=\"" << x1 + 6 << "\" y=\"" << y + 4
+           << "\">FP32</text>\n";
+        continue;
+      }
+      if (!series.count(r.series)) order.push_back(r.series);
+      series[r.series].push_back(&r);
+    }
+    for (std::size_t s = 0; s < order.size(); ++s) {
+      const char* col = palette[s % 10];
+      auto pts = series[order[s]];
+      std::sort(pts.begin(), pts.end(), [](const result_row* a, const result_row* b) { return a->wbits < b->wbits; });
+      os << "<polyline fill=\"none\" stroke=\"" << col << "\" stroke-width=\"2\" points=\"";
+      for (const auto* p : pts) os << xpos(p->wbits) << ',' << ypos(p->accuracy) << ' ';
+      os << "\"/>\n";
+      for (const auto* p : pts)
+        os << "<circle cx=\"" << xpos(p->wbits) << "\" cy=\"" << ypos(p->accuracy) << "\" r=\"3\" fill=\"" << col
+           << "\"><title>" << order[s] << " W" << p->wbits << ": " << 100.0 * p->accuracy << "%</title></circle>\n";
+      const int ly = y0 + 16 + 18 * static_cast<int>(s);
+      os << "<line x1=\"" << x1 + 10 << "\" x2=\"" << x1 + 30 << "\" y1=\"" << ly + 24 << "\" y2=\"" << ly + 24
+         << "\" stroke=\"" << col << "\" stroke-width=\"2\"/><text x=\"" << x1 + 34 << "\" y=\"" << ly + 28 << "\">"
+         << order[s] << "</text>\n";
+    }
+  }
+  os << "</svg>\n";
+  detail::write_file_atomic(path, os.str());
+}
+
+inline const result_row* find_row(const std::vector<result_row>& rows, const std::string& model,
+                                   const std::string& method, int wbits, int abits) {
+  for (const auto& r : rows)
+    if (r.model == model && r.method == method && r.wbits == wbits && r.abits == abits) return &r;
+  return nullptr;
+}
+
+// The demo's expectations (run by the test suite on --quick). Each compares rows of the
+// same run; a missing row is not a failure (methods land one by one).
+inline std::vector<std::string> sanity_failures(const std::vector<result_row>& rows) {
+  std::vector<std::string> fails;
+  char buf[256];
+  const result_row* fp = find_row(rows, "mlp", "FP32", 32, 32);
+  if (!fp) return {"no FP32 row for the MLP"};
+  if (fp->accuracy <= 0.80) {
+    std::snprintf(buf, sizeof buf, "FP32 accuracy %.2f%% <= 80%%", 100 * fp->accuracy);
+    fails.push_back(buf);
+  }
+  auto at_least = [&](const char* m1, int w1, int a1, const char* m2, int w2, int a2, double tol) {
+    const result_row* x = find_row(rows, "mlp", m1, w1, a1);
+    const result_row* y = find_row(rows, "mlp", m2, w2, a2);
+    if (x && y && x->accuracy < y->accuracy - tol) {
+      std::snprintf(buf, sizeof buf, "%s W%dA%s %.2f%% < %s W%dA%s %.2f%% - %.2f", m1, w1, bits_label(a1).c_str(),
+                    100 * x->accuracy, m2, w2, bits_label(a2).c_str(), 100 * y->accuracy, 100 * tol);
+      fails.push_back(buf);
+    }
+  };
+  at_least("RTN min-max", 8, 32, "FP32", 32, 32, 0.005);  // 8-bit weights cost < 0.5 point
+  at_least("RTN MSE", 4, 32, "RTN min-max", 4, 32, 0.0);
+  at_least("AdaRound", 3, 32, "RTN MSE", 3, 32, 0.0);
+  at_least("AdaRound", 2, 32, "RTN MSE", 2, 32, 0.0);
+  at_least("AdaRound", 4, 4, "RTN (MSE)", 4, 4, 0.0);
+  at_least("QDrop", 2, 4, "RTN (MSE)", 2, 4, 0.0);
+  at_least("LSQ", 4, 4, "RTN (MSE)", 4, 4, 0.0);
+  at_least("LSQ+", 2, 2, "LSQ", 2, 2, 0.01);
+  return fails;
+}
+
+}  // namespace examples

@@ -1,0 +1,117 @@
+// The IDX reader on files written here: a good gzip file and a plain one round-trip; a
+// missing file, a bad magic, a truncated payload, a corrupt gzip stream, trailing bytes and
+// out-of-range labels each give a clear error naming the file.
+#include <sys/stat.h>
+#include <zlib.h>
+
+#include <catch2/catch.hpp>
+#include <cstdio>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "../common/idx_reader.hpp"
+
+namespace {
+
+const std::string dir = TEST_TMP_DIR;
+
+std::vector<unsigned char> be32(std::uint32_t v) {
+  return {static_cast<unsigned char>(v >> 24), static_cast<unsigned char>(v >> 16), static_cast<unsigned char>(v >> 8),
+          static_cast<unsigned char>(v)};
+}
+
+std::vector<unsigned char> image_file(std::uint32_t magic, std::uint32_t n, std::uint32_t r, std::uint32_t c,
+                                      std::size_t payload) {
+  std::vector<unsigned char> b;
+  for (auto v : {magic, n, r, c}) {
+    auto x = be32(v);
+    b.insert(b.end(), x.begin(), x.end());
+  }
+  for (std::size_t i = 0; i < payload; ++i) b.push_back(static_cast<unsigned char>(i * 7));
+  return b;
+}
+
+std::string write_gz(const std::string& name, const std::vector<unsigned char>& bytes) {
+  ::mkdir(dir.c_str(), 0755);
+  const std::string p = dir + "/" + name;
+  gzFile f = gzopen(p.c_str(), "wb");
+  gzwrite(f, bytes.data(), static_cast<unsigned>(bytes.size()));
+  gzclose(f);
+  return p;
+}
+
+std::string write_raw(const std::string& name, const std::vector<unsigned char>& bytes) {
+  ::mkdir(dir.c_str(), 0755);
+  const std::string p = dir + "/" + name;
+  std::ofstream f(p, std::ios::binary);
+  f.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+  return p;
+}
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const std::runtime_error& e) {
+    return e.what();
+  }
+  return "no error";
+}
+
+}  // namespace
+
+TEST_CASE("IDX images round-trip through gzip and plain files") {
+  const auto bytes = image_file(0x803, 3, 2, 5, 30);
+  for (const std::string& p : {write_gz("img.gz", bytes), write_raw("img.raw", bytes)}) {
+    const auto img = examples::read_idx_images(p);
+    CHECK(img.count == 3);
+    CHECK(img.rows == 2);
+    CHECK(img.cols == 5);
+    REQUIRE(img.pixels.size() == 30);
+    for (std::size_t i = 0; i < 30; ++i) CHECK(img.pixels[i] == static_cast<unsigned char>(i * 7));
+  }
+}
+
+TEST_CASE("IDX labels are read and range-checked") {
+  std::vector<unsigned char> b = be32(0x801);
+  auto n = be32(4);
+  b.insert(b.end(), n.begin(), n.end());
+  for (unsigned char v : {0, 9, 3, 1}) b.push_back(v);
+  const auto lab = examples::read_idx_labels(write_gz("lab.gz", b));
+  CHECK(lab.labels == std::vector<std::uint8_t>{0, 9, 3, 1});
+  b.back() = 10;
+  const std::string p = write_gz("lab_bad.gz", b);
+  CHECK_THAT(error_of([&] { examples::read_idx_labels(p); }), Catch::Contains("label 10 at index 3"));
+}
+
+TEST_CASE("IDX errors name the file and the problem") {
+  using Catch::Contains;
+  CHECK_THAT(error_of([] { examples::read_idx_images(dir + "/does-not-exist.gz"); }), Contains("missing file"));
+  const std::string magic = write_gz("magic.gz", image_file(0x801, 1, 2, 2, 4));
+  CHECK_THAT(error_of([&] { examples::read_idx_images(magic); }), Contains("bad magic number 0x00000801"));
+  CHECK_THAT(error_of([&] { examples::read_idx_images(magic); }), Contains(magic));
+  const std::string trunc = write_gz("trunc.gz", image_file(0x803, 3, 2, 5, 29));
+  CHECK_THAT(error_of([&] { examples::read_idx_images(trunc); }), Contains("truncated while reading the pixel data"));
+  const std::string extra = write_gz("extra.gz", image_file(0x803, 3, 2, 5, 31));
+  CHECK_THAT(error_of([&] { examples::read_idx_images(extra); }), Contains("trailing data"));
+  const std::string zero = write_gz("zero.gz", image_file(0x803, 3, 0, 5, 0));
+  CHECK_THAT(error_of([&] { examples::read_idx_images(zero); }), Contains("implausible image size"));
+
+  // A gzip file cut in the middle of its deflate stream, and one with a damaged body.
+  std::vector<unsigned char> big = image_file(0x803, 100, 28, 28, 100 * 784);
+  const std::string whole = write_gz("whole.gz", big);
+  std::ifstream in(whole, std::ios::binary);
+  std::vector<unsigned char> gz((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  REQUIRE(gz.size() > 100);
+  std::vector<unsigned char> cut(gz.begin(), gz.begin() + static_cast<std::ptrdiff_t>(gz.size() / 2));
+  const std::string cut_path = write_raw("cut.gz", cut);
+  CHECK_THAT(error_of([&] { examples::read_idx_images(cut_path); }), Contains("truncated"));
+  std::vector<unsigned char> bad = gz;
+  for (std::size_t i = 20; i < 60; ++i) bad[i] ^= 0xA5;
+  const std::string bad_path = write_raw("bad.gz", bad);
+  CHECK_THAT(error_of([&] { examples::read_idx_images(bad_path); }), Contains("gzip"));
+}
+
+TEST_CASE("load_fashion_mnist explains a missing directory") {
+  CHECK_THAT(error_of([] { examples::load_fashion_mnist(dir + "/nowhere"); }), Catch::Contains("--data DIR"));
+}
