@@ -1,7 +1,10 @@
 #include <quant/observers.hpp>
 #include <quant/reference/observers.hpp>
 
+#include <algorithm>
+#include <random>
 #include <sstream>
+#include <tuple>
 
 #include <xtensor/xadapt.hpp>
 #include <xtensor/xarray.hpp>
@@ -354,4 +357,270 @@ TEST_CASE("MSE observer: streaming equals one-shot, merge, save/load", "[observe
   CHECK(l.compute(g, scheme::asymmetric).scales() == want.scales());
   // all-zero data: FLT_EPSILON scale
   CHECK(calibrate_mse(xt::xarray<float>(xt::zeros<float>({9})), g, scheme::symmetric).scale() == FLT_EPSILON);
+}
+
+// ---------------------------------------------------------------------------------------
+// percentile
+// ---------------------------------------------------------------------------------------
+TEST_CASE("percentile of 0..N-1 with linear interpolation", "[observers][percentile]") {
+  const std::size_t N = 1001;
+  xt::xarray<float> x = xt::arange<float>(0.0f, static_cast<float>(N));
+  // shuffle deterministically so the order does not help
+  std::vector<float> v(x.begin(), x.end());
+  std::mt19937 rng(4);
+  std::shuffle(v.begin(), v.end(), rng);
+  for (double p : {99.0, 99.99, 75.0, 100.0}) {
+    percentile_observer obs(p);
+    obs.update(xt::adapt(v, std::vector<std::size_t>{N}));
+    const auto r = obs.ranges()[0];
+    // P_q(0..N-1) = q / 100 * (N - 1) exactly
+    CHECK(r.first == static_cast<float>((100.0 - p) / 100.0 * (N - 1)));
+    CHECK(r.second == static_cast<float>(p / 100.0 * (N - 1)));
+    CHECK(r.second == static_cast<float>(ref::percentile(v, p)));
+  }
+  // shifted so that the range is [0, hi]: scale from the clipped range
+  percentile_observer obs(99.0);
+  obs.update(xt::adapt(v, std::vector<std::size_t>{N}));
+  const qparams q = obs.compute(grid::int_unsigned(8), scheme::asymmetric);
+  CHECK(q.scale() == static_cast<float>(0.99 * 1000) / 255.0f);
+  // default p, merge == whole, per channel == slices, save/load
+  const xt::xarray<float> t = normal_tensor({4, 300}, 12);
+  percentile_observer a(99.9, 0), b(99.9, 0), all(99.9, 0);
+  a.update(xt::view(t, xt::all(), xt::range(0, 100)));
+  b.update(xt::view(t, xt::all(), xt::range(100, 300)));
+  all.update(t);
+  a.merge(b);
+  const qparams pa = a.compute(grid::int_signed(8), scheme::asymmetric);
+  const qparams pall = all.compute(grid::int_signed(8), scheme::asymmetric);
+  CHECK(pa.scales() == pall.scales());
+  CHECK(pa.zero_points() == pall.zero_points());
+  for (std::size_t c = 0; c < 4; ++c) {
+    percentile_observer one(99.9);
+    one.update(channel_slice(t, 0, c));
+    CHECK(one.compute(grid::int_signed(8), scheme::asymmetric).scale() == pall.scale(c));
+  }
+  std::stringstream ss;
+  all.save(ss);
+  percentile_observer l;
+  l.load(ss);
+  CHECK(l.percentile() == 99.9);
+  CHECK(l.values() == all.values());
+  CHECK_THROWS_AS(percentile_observer(50.0), quant::invalid_argument);
+  CHECK_THROWS_AS(percentile_observer(100.5), quant::invalid_argument);
+  CHECK_THROWS_AS(percentile_observer(std::nan("")), quant::invalid_argument);
+  percentile_observer e;
+  CHECK_THROWS_AS(e.update(xt::xarray<float>{1.0f, std::nanf("")}), quant::domain_error);
+  CHECK_THROWS_AS(e.compute(grid::int_signed(8), scheme::symmetric), quant::domain_error);
+}
+
+// ---------------------------------------------------------------------------------------
+// histogram (PyTorch HistogramObserver) and SQNR (AIMET tf_enhanced)
+// ---------------------------------------------------------------------------------------
+TEST_CASE("lattice histogram equals the direct computation; two halves == whole, any order",
+          "[observers][histogram]") {
+  std::vector<float> x = quant_test::normal_floats(5000, 77, 2.0f);
+  x[17] = 40.0f;  // an outlier that widens the range in a later batch
+  const auto want = ref::make_lattice_histogram(x, 2048);
+  const auto adapt = [](const float* p, std::size_t n) { return xt::adapt(p, n, xt::no_ownership(), std::vector<std::size_t>{n}); };
+  histogram_observer all, a, b, streamed, reversed;
+  all.update(adapt(x.data(), x.size()));
+  a.update(adapt(x.data(), 2500));
+  b.update(adapt(x.data() + 2500, 2500));
+  for (std::size_t i = 0; i < x.size(); i += 700) streamed.update(adapt(x.data() + i, std::min<std::size_t>(700, x.size() - i)));
+  for (std::size_t i = x.size(); i > 0;) {
+    const std::size_t len = std::min<std::size_t>(333, i);
+    i -= len;
+    reversed.update(adapt(x.data() + i, len));
+  }
+  const auto& h = all.histogram();
+  CHECK(h.exponent() == want.exponent);
+  CHECK(h.origin() == want.origin);
+  CHECK(h.counts() == want.counts);
+  CHECK(h.total() == x.size());
+  CHECK(h.occupied() > 1024);
+  CHECK(h.occupied() <= 2048);
+  histogram_observer m = a;
+  m.merge(b);
+  CHECK(m == all);
+  CHECK(streamed == all);
+  CHECK(reversed == all);
+  std::stringstream ss;
+  all.save(ss);
+  histogram_observer l;
+  l.load(ss);
+  CHECK(l == all);
+  // a tampered stream is rejected
+  std::string text = ss.str();
+  text.replace(text.find("exponent 1 "), 12, "exponent 1 9");
+  std::stringstream bad(text);
+  CHECK_THROWS_AS(l.load(bad), quant::invalid_argument);
+}
+
+TEST_CASE("histogram L2 error: closed form vs piecewise integration", "[observers][histogram]") {
+  std::vector<double> hist(300);
+  std::mt19937 rng(3);
+  for (auto& v : hist) v = static_cast<double>(rng() % 50);
+  for (std::size_t dst : {4u, 16u, 256u}) {
+    for (auto [s, e] : {std::pair<std::size_t, std::size_t>{0, 299}, {10, 200}, {150, 151}, {37, 290}}) {
+      const double got = detail::histogram_l2_error(hist, 0.125, s, e, dst);
+      const double want = ref::histogram_l2_error(hist, 0.125, s, e, dst);
+      INFO("dst " << dst << " [" << s << ", " << e << "]");
+      CHECK(got == Approx(want).epsilon(1e-9));
+    }
+  }
+}
+
+TEST_CASE("histogram observer: PyTorch L2 search against a direct scalar computation", "[observers][histogram]") {
+  std::vector<float> x = quant_test::normal_floats(20000, 5);
+  for (std::size_t i = 0; i < 20; ++i) x[i * 997] = 12.0f + static_cast<float>(i);  // far outliers
+  histogram_observer obs;
+  obs.update(xt::adapt(x, std::vector<std::size_t>{x.size()}));
+  const auto rh = ref::make_lattice_histogram(x, 2048);
+  const double w = std::ldexp(1.0, rh.exponent);
+  const ref::range mm = ref::min_max(x.data(), x.size());
+  const std::size_t occ = static_cast<std::size_t>(std::floor(mm.max / w) - static_cast<double>(rh.origin)) + 1;
+  std::vector<double> hist(rh.counts.begin(), rh.counts.begin() + static_cast<std::ptrdiff_t>(occ));
+  // the search, transliterated with the reference error: grow the clipped quantile from
+  // the side that frees more bins, stop when the error grows
+  double csum_total = 0;
+  std::vector<double> csum(occ);
+  for (std::size_t i = 0; i < occ; ++i) csum[i] = (csum_total += hist[i]);
+  double alpha = 0, beta = 1, best = std::numeric_limits<double>::infinity();
+  std::size_t sb = 0, eb = occ - 1;
+  while (alpha < beta) {
+    const double na = alpha + 1e-5, nb = beta - 1e-5;
+    std::size_t l = sb, r = eb;
+    while (l < eb && csum[l] < na * csum_total) ++l;
+    while (r > sb && csum[r] > nb * csum_total) --r;
+    std::size_t ns = sb, ne = eb;
+    if (l - sb > eb - r) {
+      ns = l;
+      alpha = na;
+    } else {
+      ne = r;
+      beta = nb;
+    }
+    if (ns == sb && ne == eb) continue;
+    const double err = ref::histogram_l2_error(hist, w, ns, ne, 256);
+    if (err > best) break;
+    best = err;
+    sb = ns;
+    eb = ne;
+  }
+  const float lo = std::max(static_cast<float>((static_cast<double>(rh.origin) + sb) * w), mm.min);
+  const float hi = std::min(static_cast<float>((static_cast<double>(rh.origin) + eb + 1) * w), mm.max);
+  const auto r = obs.ranges(256)[0];
+  CHECK(r.first == lo);
+  CHECK(r.second == hi);
+  CHECK(hi < mm.max);  // the top outliers are clipped (the search stops at its first local minimum)
+  const qparams q = obs.compute(grid::int_unsigned(8), scheme::asymmetric);
+  const scale_zero_point sz = scale_from_range(grid::int_unsigned(8), lo, hi, scheme::asymmetric);
+  CHECK(q.scale() == sz.scale);
+  CHECK(q.zero_point() == sz.zero_point);
+  // L2 error of the histogram at the chosen range beats min-max's
+  const double at_minmax = ref::histogram_l2_error(hist, w, 0, occ - 1, 256);
+  CHECK(best < at_minmax);
+  // constant tensor: the range is the value itself
+  histogram_observer c;
+  c.update(xt::xarray<float>(xt::ones<float>({10}) * 0.5f));
+  CHECK(c.ranges(256)[0] == std::make_pair(0.5f, 0.5f));
+}
+
+TEST_CASE("histogram and SQNR observers: per channel equals per tensor slice by slice", "[observers][histogram]") {
+  const xt::xarray<float> x = normal_tensor({3, 4, 80}, 19);
+  for (std::ptrdiff_t axis : {0, 1, -1}) {
+    histogram_observer hp(axis);
+    sqnr_observer sp(axis);
+    hp.update(x);
+    sp.update(x);
+    const std::size_t ax = static_cast<std::size_t>(axis < 0 ? axis + 3 : axis);
+    const qparams hq = hp.compute(grid::int_signed(8), scheme::asymmetric);
+    const qparams sq = sp.compute(grid::int_signed(8), scheme::asymmetric);
+    for (std::size_t c = 0; c < x.shape()[ax]; ++c) {
+      histogram_observer ht;
+      sqnr_observer st;
+      ht.update(channel_slice(x, ax, c));
+      st.update(channel_slice(x, ax, c));
+      CHECK(hp.histogram(c) == ht.histogram());
+      CHECK(hq.scale(c) == ht.compute(grid::int_signed(8), scheme::asymmetric).scale());
+      CHECK(sq.scale(c) == st.compute(grid::int_signed(8), scheme::asymmetric).scale());
+      CHECK(sq.zero_point(c) == st.compute(grid::int_signed(8), scheme::asymmetric).zero_point());
+    }
+  }
+}
+
+TEST_CASE("SQNR observer: AIMET cost, gamma, candidates, merge and save/load", "[observers][sqnr]") {
+  std::vector<float> x = quant_test::normal_floats(30000, 8);
+  for (std::size_t i = 0; i < 30; ++i) x[i * 991] = -15.0f - static_cast<float>(i % 7);
+  const auto xa = xt::adapt(x, std::vector<std::size_t>{x.size()});
+  sqnr_observer obs;
+  obs.update(xa);
+  const auto& h = obs.histogram();
+  const double w = h.bin_width();
+  const std::vector<double> hist = detail::occupied_counts(h);
+  const double first_mid = (static_cast<double>(h.origin()) + 0.5) * w;
+  const grid g = grid::int_signed(8);
+  const double steps = 255.0;
+  // direct cost of a (delta, offset) pair: sum over bin midpoints, clipped terms x gamma
+  auto cost = [&](double delta, double offset, double gamma) {
+    double sum = 0;
+    for (std::size_t i = 0; i < hist.size(); ++i) {
+      const double m = first_mid + w * i;
+      double q = std::nearbyint(m / delta - offset);
+      const bool clip = q < 0 || q > steps;
+      q = std::min(std::max(q, 0.0), steps);
+      const double e = ((q + offset) * delta - m) * ((q + offset) * delta - m) * hist[i];
+      sum += clip ? gamma * e : e;
+    }
+    return sum;
+  };
+  const qparams q = obs.compute(g, scheme::symmetric);
+  CHECK(q.zero_point() == 0);  // offset -128 on int8
+  // the winner is the best of AIMET's 101 symmetric deltas k/100 * 2 absmax / 255
+  const double absmax = std::max(-static_cast<double>(h.min()), static_cast<double>(h.max()));
+  double best = std::numeric_limits<double>::infinity(), best_delta = 0;
+  for (int k = 1; k <= 101; ++k) {
+    const double d = 2 * absmax / steps * k / 100.0;
+    const double c = cost(d, -128, 3.0);
+    if (c < best) best = c, best_delta = d;
+  }
+  CHECK(q.scale() == static_cast<float>(best_delta));
+  // and close to a dense search over delta
+  double dense = std::numeric_limits<double>::infinity();
+  for (int k = 1; k <= 5000; ++k) dense = std::min(dense, cost(2 * absmax / steps * k / 4000.0, -128, 3.0));
+  CHECK(best <= dense * 1.05);
+  CHECK(q.scale() < static_cast<float>(absmax / 127.5));  // clips the outliers
+  // a larger gamma penalises clipping more: the range does not shrink
+  sqnr_options strong;
+  strong.gamma = 50.0f;
+  sqnr_observer s2(std::nullopt, strong);
+  s2.update(xa);
+  CHECK(s2.compute(g, scheme::symmetric).scale() >= q.scale());
+  // asymmetric: zero point on the grid, scale positive, cost no worse than min-max's range
+  const qparams qa = obs.compute(g, scheme::asymmetric);
+  CHECK(qa.zero_point() >= g.qmin());
+  CHECK(qa.zero_point() <= g.qmax());
+  const double delta_mm = (static_cast<double>(h.max()) - std::min(static_cast<double>(h.min()), 0.0)) / steps;
+  CHECK(cost(qa.scale(), g.qmin() - qa.zero_point(), 3.0) <=
+        cost(delta_mm, std::nearbyint(static_cast<double>(h.min()) / delta_mm), 3.0));
+  // merge and save/load
+  sqnr_observer a, b;
+  a.update(xt::adapt(x.data(), 10000, xt::no_ownership(), std::vector<std::size_t>{10000}));
+  b.update(xt::adapt(x.data() + 10000, 20000, xt::no_ownership(), std::vector<std::size_t>{20000}));
+  a.merge(b);
+  CHECK(a == obs);
+  CHECK(a.compute(g, scheme::asymmetric).scale() == qa.scale());
+  std::stringstream ss;
+  obs.save(ss);
+  sqnr_observer l;
+  l.load(ss);
+  CHECK(l == obs);
+  sqnr_options bad;
+  bad.gamma = -1.0f;
+  CHECK_THROWS_AS(sqnr_observer(std::nullopt, bad), quant::invalid_argument);
+  CHECK_THROWS_AS(histogram_observer(std::nullopt, 1), quant::invalid_argument);
+  histogram_observer e;
+  CHECK(e.empty());
+  CHECK_THROWS_AS(e.update(xt::xarray<float>{std::numeric_limits<float>::infinity()}), quant::domain_error);
+  CHECK_THROWS_AS(e.compute(g, scheme::symmetric), quant::domain_error);
 }

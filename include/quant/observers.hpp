@@ -5,7 +5,12 @@
 //
 //   range/minmax.hpp      minmax_observer, moving_average_minmax_observer, calibrate_minmax
 //   range/mse.hpp         kernels::lp_error (fused), lp_search, mse_observer, calibrate_mse
+//   range/percentile.hpp  percentile_observer (exact, linear interpolation)
+//   range/histogram.hpp   histogram_observer (PyTorch HistogramObserver L2 search),
+//                         sqnr_observer (AIMET tf_enhanced)
 #pragma once
 
 #include "range/minmax.hpp"
 #include "range/mse.hpp"
+#include "range/percentile.hpp"
+#include "range/histogram.hpp"

@@ -206,7 +206,8 @@ inline qparams qparams_from_ranges(grid g, scheme s, symmetric_scale_convention 
   return qparams::per_channel(g, std::move(scales), std::move(zps), *axis);
 }
 
-// Binds an observer to its channel axis and channel count (fixed by the first update).
+// Binds an observer to its channel axis and channel count (fixed by the first accepted
+// update).
 struct observer_channels {
   std::optional<std::ptrdiff_t> axis;
   std::size_t channels = 0;  // 0: nothing observed yet
@@ -219,9 +220,12 @@ struct observer_channels {
       fail<length_error>(function, "shape", shape_string(shape),
                          "the observer has " + std::to_string(channels) + " channels, this tensor has " +
                              std::to_string(l.channels) + " along axis " + std::to_string(l.axis));
-    channels = l.channels;
     return l;
   }
+
+  // Called once the data passed validation, so a rejected first batch leaves the
+  // observer empty.
+  void commit(const channel_layout& l) noexcept { channels = l.channels; }
 
   void check_merge(const observer_channels& other, const char* function) const {
     if (axis != other.axis)

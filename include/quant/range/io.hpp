@@ -3,8 +3,8 @@
 //   quant-observer <kind> <version>
 //   <key> <count> <value> <value> ...        (one line per field, fixed order)
 //   end
-// Floats are written with 9 significant digits (max_digits10 for float), which reads back
-// to the identical float; integers as decimal. A reader checks the kind, the version, every
+// Floats are written with max_digits10 significant digits (9 for float, 17 for double),
+// which read back to the identical value; integers as decimal. A reader checks the kind, the version, every
 // key and count, and throws quant::invalid_argument naming the loader on any mismatch.
 #pragma once
 
@@ -31,7 +31,7 @@ inline void write_header(std::ostream& os, const char* kind) {
 template <class T>
 void write_field(std::ostream& os, const char* key, const std::vector<T>& values) {
   os << key << ' ' << values.size();
-  const auto old = os.precision(std::numeric_limits<float>::max_digits10);
+  const auto old = os.precision(std::numeric_limits<T>::max_digits10 > 0 ? std::numeric_limits<T>::max_digits10 : 6);
   for (const auto& v : values) os << ' ' << v;
   os.precision(old);
   os << '\n';

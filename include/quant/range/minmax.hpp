@@ -47,6 +47,7 @@ class minmax_observer {
     const auto in = detail::as_contiguous(x);
     const detail::channel_layout l = ch_.bind(in.shape(), fn);
     const auto r = detail::channel_min_max(in.data(), l, fn);
+    ch_.commit(l);
     fold(r);
   }
 
@@ -155,6 +156,7 @@ class moving_average_minmax_observer {
     const auto in = detail::as_contiguous(x);
     const detail::channel_layout l = ch_.bind(in.shape(), fn);
     const auto r = detail::channel_min_max(in.data(), l, fn);
+    ch_.commit(l);
     if (batches_ == 0) {
       min_.resize(r.size());
       max_.resize(r.size());

@@ -25,6 +25,7 @@ struct sample_store {
   void append(const float* x, const Shape& shape, const char* function) {
     const channel_layout l = ch.bind(shape, function);
     const auto r = channel_min_max(x, l, function);  // validates finiteness before storing
+    ch.commit(l);
     if (values.empty()) {
       values.resize(l.channels);
       range.assign(l.channels, min_max_result{});
