@@ -35,10 +35,12 @@ struct centroid_table {
   std::size_t k = 0, d = 0;
   std::vector<float> minus2c;  // [k][d], -2 * c
   std::vector<float> norms;    // [k], ||c_k||^2 in float, summed in order
+  std::vector<float> index;    // [k], q as a float (exact below 2^24), broadcast by the kernel
 
   centroid_table() = default;
-  centroid_table(const float* c, std::size_t k_, std::size_t d_) : k(k_), d(d_), minus2c(k_ * d_), norms(k_) {
+  centroid_table(const float* c, std::size_t k_, std::size_t d_) : k(k_), d(d_), minus2c(k_ * d_), norms(k_), index(k_) {
     for (std::size_t q = 0; q < k; ++q) {
+      index[q] = static_cast<float>(q);
       float s = 0.0f;
       for (std::size_t j = 0; j < d; ++j) {
         const float v = c[q * d + j];
@@ -50,11 +52,27 @@ struct centroid_table {
   }
 };
 
+// One correctly rounded a * b + c per lane. xsimd 8.1's fma is a multiply and an add
+// when the compiler may not contract them (-ffp-contract=off), so the FMA instructions are
+// named here; without FMA hardware each lane calls std::fma (exact, slow).
 QUANT_ALWAYS_INLINE float fma_(float a, float b, float c) noexcept { return std::fma(a, b, c); }
 template <class A>
 QUANT_ALWAYS_INLINE xsimd::batch<float, A> fma_(const xsimd::batch<float, A>& a, const xsimd::batch<float, A>& b,
                                                 const xsimd::batch<float, A>& c) noexcept {
-  return xsimd::fma(a, b, c);
+#if defined(__AVX512F__)
+  if constexpr (std::is_base_of<xsimd::avx512f, A>::value) return _mm512_fmadd_ps(a, b, c);
+#endif
+#if defined(__FMA__)
+  if constexpr (std::is_base_of<xsimd::avx, A>::value) return _mm256_fmadd_ps(a, b, c);
+  if constexpr (std::is_base_of<xsimd::sse2, A>::value) return _mm_fmadd_ps(a, b, c);
+#endif
+  constexpr std::size_t L = xsimd::batch<float, A>::size;
+  alignas(64) float va[L], vb[L], vc[L];
+  a.store_aligned(va);
+  b.store_aligned(vb);
+  c.store_aligned(vc);
+  for (std::size_t j = 0; j < L; ++j) va[j] = std::fma(va[j], vb[j], vc[j]);
+  return xsimd::batch<float, A>::load_aligned(va);
 }
 
 // One tile: `count` (<= lanes) points starting at x (row-major [count][d]); writes their
@@ -71,18 +89,39 @@ QUANT_ALWAYS_INLINE void assign_tile(const float* x, std::size_t count, std::siz
     for (std::size_t l = 0; l < L; ++l) xt[j * L + l] = l < count ? x[l * d + j] : 0.0f;
   P xv[DMAX];
   for (std::size_t j = 0; j < d; ++j) xv[j] = simd::load<Arch>(xt + j * L);
-  P best(std::numeric_limits<float>::infinity());
-  P best_k(0.0f);
+  // Two buckets (even / odd centroids) so that the compare-and-keep chains of consecutive
+  // centroids do not wait on each other; merged below with the first-minimum rule.
+  const P inf(std::numeric_limits<float>::infinity());
+  P best0 = inf, best1 = inf, k0(0.0f), k1(0.0f);
   const float* m2c = t.minus2c.data();
   const float* nrm = t.norms.data();
-  for (std::size_t q = 0; q < t.k; ++q) {
-    P s(nrm[q]);
-    const float* c = m2c + q * d;
-    for (std::size_t j = 0; j < d; ++j) s = fma_(xv[j], P(c[j]), s);
-    const auto better = s < best;
-    best = simd::select(better, s, best);
-    best_k = simd::select(better, P(static_cast<float>(q)), best_k);
+  const float* qf = t.index.data();
+  std::size_t q = 0;
+  for (; q + 2 <= t.k; q += 2) {
+    P s0(nrm[q]), s1(nrm[q + 1]);
+    const float* c0 = m2c + q * d;
+    const float* c1 = c0 + d;
+    for (std::size_t j = 0; j < d; ++j) {
+      s0 = fma_(xv[j], P(c0[j]), s0);
+      s1 = fma_(xv[j], P(c1[j]), s1);
+    }
+    const auto b0 = s0 < best0;
+    best0 = simd::select(b0, s0, best0);
+    k0 = simd::select(b0, P(qf[q]), k0);
+    const auto b1 = s1 < best1;
+    best1 = simd::select(b1, s1, best1);
+    k1 = simd::select(b1, P(qf[q + 1]), k1);
   }
+  if (q < t.k) {  // odd k: the last centroid has an even index
+    P s0(nrm[q]);
+    const float* c0 = m2c + q * d;
+    for (std::size_t j = 0; j < d; ++j) s0 = fma_(xv[j], P(c0[j]), s0);
+    const auto b0 = s0 < best0;
+    best0 = simd::select(b0, s0, best0);
+    k0 = simd::select(b0, P(qf[q]), k0);
+  }
+  const auto take1 = (best1 < best0) | ((best1 == best0) & (k1 < k0));
+  const P best_k = simd::select(take1, k1, k0);
   alignas(64) float kk[L];
   simd::store(kk, best_k);
   for (std::size_t l = 0; l < count; ++l) idx[l] = static_cast<std::uint32_t>(kk[l]);

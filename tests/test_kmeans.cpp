@@ -1,0 +1,222 @@
+#include <quant/kmeans.hpp>
+#include <quant/reference/kmeans.hpp>
+
+#include <cmath>
+#include <random>
+
+#include <xtensor/xadapt.hpp>
+#include <xtensor/xtensor.hpp>
+
+#include "test_helpers.hpp"
+
+using namespace quant;
+
+namespace {
+
+// Points from a mixture of `clusters` Gaussian blobs in d dimensions.
+std::vector<float> blobs(std::size_t n, std::size_t d, std::size_t clusters, std::uint32_t seed) {
+  std::mt19937 g(seed);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::vector<float> centres(clusters * d);
+  for (auto& c : centres) c = 4.0f * nd(g);
+  std::vector<float> x(n * d);
+  for (std::size_t i = 0; i < n; ++i) {
+    const std::size_t c = i % clusters;
+    for (std::size_t j = 0; j < d; ++j) x[i * d + j] = centres[c * d + j] + 0.5f * nd(g);
+  }
+  return x;
+}
+
+xt::xtensor<float, 2> as_matrix(const std::vector<float>& v, std::size_t d) {
+  return xt::adapt(v, std::vector<std::size_t>{v.size() / d, d});
+}
+
+}  // namespace
+
+TEST_CASE("E-step kernel matches the scalar reference exactly (d = 1..20, tails, unaligned)", "[kmeans]") {
+  for (std::size_t d : {1, 2, 3, 4, 5, 7, 8, 9, 12, 16, 17, 20}) {
+    for (std::size_t n : {1, 3, 15, 16, 17, 33, 1003}) {
+      for (std::size_t k : {1, 2, 5, 16, 37}) {
+        for (std::size_t off : {0, 1}) {
+          auto base = quant_test::normal_floats(n * d + off, static_cast<std::uint32_t>(n * 31 + d), 1.0f);
+          std::vector<float> x(base.begin() + off, base.end());
+          auto c = quant_test::normal_floats(k * d, static_cast<std::uint32_t>(k + 7 * d), 1.0f);
+          const auto want = ref::kmeans_assign(x, d, c);
+          const detail::centroid_table t(c.data(), k, d);
+          std::vector<std::uint32_t> got(n), got_scalar(n);
+          detail::nearest_centroids(base.data() + off, n, t, got.data());
+          detail::nearest_centroids<simd::scalar>(base.data() + off, n, t, got_scalar.data());
+          INFO("d=" << d << " n=" << n << " k=" << k << " off=" << off);
+          REQUIRE(got == want);
+          REQUIRE(got_scalar == want);
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("E-step ties go to the first centroid; duplicates and huge d", "[kmeans]") {
+  const std::size_t d = 8;
+  std::vector<float> c(4 * d, 1.0f);  // four identical centroids
+  std::vector<float> x(40 * d, 0.5f);
+  const detail::centroid_table t(c.data(), 4, d);
+  std::vector<std::uint32_t> idx(40, 99);
+  detail::nearest_centroids(x.data(), 40, t, idx.data());
+  for (auto v : idx) CHECK(v == 0);
+  // d above the tiled kernel's limit uses the per-point loop with the same scores
+  const std::size_t big = 70;
+  auto xb = quant_test::normal_floats(9 * big, 3);
+  auto cb = quant_test::normal_floats(5 * big, 4);
+  const detail::centroid_table tb(cb.data(), 5, big);
+  std::vector<std::uint32_t> ib(9);
+  detail::nearest_centroids(xb.data(), 9, tb, ib.data());
+  CHECK(ib == ref::kmeans_assign(xb, big, cb));
+}
+
+TEST_CASE("GEMM E-step agrees with the exact kernel on well separated data", "[kmeans]") {
+  const std::size_t d = 48, n = 600, k = 12;
+  auto x = blobs(n, d, k, 5);
+  const auto pts = as_matrix(x, d);
+  xt::xtensor<float, 2> c = xt::xtensor<float, 2>::from_shape({k, d});
+  for (std::size_t q = 0; q < k; ++q)
+    for (std::size_t j = 0; j < d; ++j) c(q, j) = x[q * d + j];  // point q belongs to blob q
+  const auto gemm = kmeans_assign(pts, c, 32);
+  const auto direct = kmeans_assign(pts, c, 1000);
+  CHECK(bool(gemm == direct));
+  CHECK(std::vector<std::uint32_t>(direct.begin(), direct.end()) == ref::kmeans_assign(x, d, std::vector<float>(c.begin(), c.end())));
+}
+
+TEST_CASE("one Lloyd round equals the reference E-step + M-step exactly, empty clusters split", "[kmeans]") {
+  const std::size_t d = 4, n = 300;
+  auto x = blobs(n, d, 3, 9);
+  const auto pts = as_matrix(x, d);
+  // centroid 2 is far from everything: it ends up empty and is re-seeded by a split
+  std::vector<float> c0 = {x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7], 1e3f, 1e3f, 1e3f, 1e3f};
+  xt::xtensor<float, 2> c = as_matrix(c0, d);
+  const auto idx = kmeans_assign(pts, c);
+  const auto want_idx = ref::kmeans_assign(x, d, c0);
+  REQUIRE(std::vector<std::uint32_t>(idx.begin(), idx.end()) == want_idx);
+  const auto upd = kmeans_update(pts, idx, c);
+  std::size_t splits = 0;
+  const auto want_c = ref::kmeans_update(x, d, want_idx, c0, 1e-6f, &splits);
+  CHECK(upd.empty_splits == 1);
+  CHECK(splits == 1);
+  quant_test::require_bitwise_equal(upd.centroids.data(), want_c, want_c.size(), "centroids");
+  std::size_t total = 0;
+  for (auto v : upd.counts) total += v;
+  CHECK(total == n);
+  CHECK(upd.counts[2] > 0);
+
+  // kmeans() with these initial centroids and 1 iteration reproduces the same centroids
+  kmeans_options opt;
+  opt.k = 3;
+  opt.iterations = 1;
+  opt.initial_centroids = &c;
+  const auto r = kmeans(pts, opt);
+  quant_test::require_bitwise_equal(r.centroids.data(), want_c, want_c.size(), "kmeans centroids");
+  CHECK(r.objective.size() == 1);
+  CHECK(r.objective[0] == Approx(ref::kmeans_sse(x, d, c0, want_idx)).epsilon(1e-12));
+  CHECK(r.empty_splits == 1);
+  const auto final_idx = ref::kmeans_assign(x, d, want_c);
+  CHECK(std::vector<std::uint32_t>(r.assignments.begin(), r.assignments.end()) == final_idx);
+  CHECK(r.final_objective == Approx(ref::kmeans_sse(x, d, want_c, final_idx)).epsilon(1e-12));
+}
+
+TEST_CASE("several Lloyd rounds equal the reference loop exactly", "[kmeans]") {
+  const std::size_t d = 9, n = 2000, k = 10;
+  auto x = blobs(n, d, 7, 13);
+  const auto pts = as_matrix(x, d);
+  kmeans_options opt;
+  opt.k = k;
+  opt.iterations = 6;
+  opt.seed = 4;
+  const auto r = kmeans(pts, opt);
+  auto c0 = kmeans_initial_centroids(pts, k, kmeans_init::random_sample, 4);
+  std::vector<float> c(c0.begin(), c0.end());
+  for (std::size_t it = 0; it < 6; ++it) {
+    const auto idx = ref::kmeans_assign(x, d, c);
+    CHECK(r.objective[it] == Approx(ref::kmeans_sse(x, d, c, idx)).epsilon(1e-12));
+    c = ref::kmeans_update(x, d, idx, c, 1e-6f);
+  }
+  quant_test::require_bitwise_equal(r.centroids.data(), c, c.size(), "centroids after 6 rounds");
+}
+
+TEST_CASE("objective is non-increasing; k-means++ and random init; sampling", "[kmeans]") {
+  const std::size_t d = 8, n = 20000;
+  auto x = blobs(n, d, 40, 21);
+  const auto pts = as_matrix(x, d);
+  for (auto init : {kmeans_init::random_sample, kmeans_init::kmeans_plus_plus}) {
+    kmeans_options opt;
+    opt.k = 64;
+    opt.iterations = 15;
+    opt.init = init;
+    opt.seed = 8;
+    const auto r = kmeans(pts, opt);
+    REQUIRE(r.objective.size() == 15);
+    for (std::size_t t = 1; t < r.objective.size(); ++t) CHECK(r.objective[t] <= r.objective[t - 1] * (1 + 1e-9));
+    CHECK(r.final_objective <= r.objective.back() * (1 + 1e-9));
+    CHECK(r.mse() == Approx(r.final_objective / (n * d)));
+    // 40 blobs, variance 0.25 per coordinate around centres of variance 16: with 64 >= 40
+    // clusters the optimum is below the within-blob 0.25; k-means++ finds every blob,
+    // random init may merge a few (each merge costs ~16 / 40 per coordinate).
+    if (init == kmeans_init::kmeans_plus_plus)
+      CHECK(r.mse() < 0.25);
+    else
+      CHECK(r.mse() < 1.0);
+  }
+  kmeans_options opt;
+  opt.k = 64;
+  opt.iterations = 10;
+  opt.max_training_points = 4000;
+  const auto rs = kmeans(pts, opt);
+  CHECK(rs.assignments.size() == n);
+  CHECK(rs.mse() < 1.0);
+}
+
+TEST_CASE("same seed, same result for 1 and 2 threads; different seeds differ", "[kmeans]") {
+  const std::size_t d = 8, n = 40000;  // several M-step pieces
+  auto x = blobs(n, d, 30, 2);
+  const auto pts = as_matrix(x, d);
+  for (auto init : {kmeans_init::random_sample, kmeans_init::kmeans_plus_plus}) {
+    kmeans_options opt;
+    opt.k = 32;
+    opt.iterations = 8;
+    opt.seed = 77;
+    opt.init = init;
+    set_num_threads(1);
+    const auto a = kmeans(pts, opt);
+    set_num_threads(2);
+    const auto b = kmeans(pts, opt);
+    set_num_threads(0);
+    CHECK(bool(a.centroids == b.centroids));
+    CHECK(bool(a.assignments == b.assignments));
+    CHECK(a.objective == b.objective);
+    opt.seed = 78;
+    const auto c = kmeans(pts, opt);
+    CHECK(bool(c.centroids != a.centroids));
+  }
+}
+
+TEST_CASE("k-means errors", "[kmeans]") {
+  auto x = quant_test::normal_floats(40, 1);
+  const auto pts = as_matrix(x, 4);  // 10 points
+  kmeans_options opt;
+  opt.k = 11;
+  CHECK_THROWS_AS(kmeans(pts, opt), quant::invalid_argument);
+  CHECK_THROWS_WITH(kmeans(pts, opt), Catch::Contains("fewer points than centroids"));
+  opt.k = 0;
+  CHECK_THROWS_AS(kmeans(pts, opt), quant::invalid_argument);
+  opt.k = 4;
+  auto bad = x;
+  bad[13] = std::nanf("");
+  CHECK_THROWS_AS(kmeans(as_matrix(bad, 4), opt), quant::domain_error);
+  bad[13] = INFINITY;
+  CHECK_THROWS_WITH(kmeans(as_matrix(bad, 4), opt), Catch::Contains("point 3"));
+  opt.max_training_points = 2;
+  CHECK_THROWS_AS(kmeans(pts, opt), quant::invalid_argument);
+  opt.max_training_points = 0;
+  xt::xtensor<float, 2> wrong = xt::zeros<float>({4, 3});
+  opt.initial_centroids = &wrong;
+  CHECK_THROWS_AS(kmeans(pts, opt), quant::length_error);
+  CHECK_THROWS_AS(kmeans_assign(pts, wrong), quant::length_error);
+}
