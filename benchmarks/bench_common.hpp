@@ -25,6 +25,11 @@ inline std::vector<float> normal_data(std::size_t n, unsigned seed = 42, float s
   return v;
 }
 
+// Items (elements) per iteration, the unit of the ratio table.
+inline void items(benchmark::State& state, std::size_t n) {
+  state.SetItemsProcessed(static_cast<long>(state.iterations()) * static_cast<long>(n));
+}
+
 // The sizes the issues ask for: 2^12, 2^16, 2^20, 2^24 floats.
 inline void standard_sizes(benchmark::internal::Benchmark* b) {
   for (long n : {1L << 12, 1L << 16, 1L << 20, 1L << 24}) b->Arg(n);

@@ -26,6 +26,7 @@ struct round_half_to_even {
   static constexpr const char* name() { return "half_to_even"; }
   template <class P>
   static QUANT_ALWAYS_INLINE P apply(const P& x) noexcept {
+    if constexpr (simd::has_native_x86<P>::value) return simd::nearest_even(x);  // same bits, 2-3 ops
     const P t = simd::trunc(x);
     const P f = x - t;  // exact, |f| < 1, same sign as x
     const P a = simd::abs(f);

@@ -21,6 +21,7 @@
 #pragma once
 
 #include <cstddef>
+#include <atomic>
 #include <cstdint>
 #include <limits>
 #include <type_traits>
@@ -73,8 +74,8 @@ struct fake_quantize_functor {
  private:
   template <class P>
   QUANT_ALWAYS_INLINE P apply(const P& x) const noexcept {
-    const auto a = detail::make_affine_pack<P>(P(scale), P(inv_scale), P(zero_point), qmin, qmax);
-    return detail::from_grid(detail::to_grid<Convention>(x, a, detail::plain_rounder<Round>{}), a);
+    const detail::bounded_pack<P> a{P(scale), P(inv_scale), P(qmin - zero_point), P(qmax - zero_point)};
+    return detail::fake_quant_value<Round, Convention>(x, a, detail::plain_rounder<Round>{});
   }
 };
 
@@ -84,9 +85,8 @@ struct fake_quantize_channel_functor {
   float qmin, qmax;
   template <class T>
   float operator()(const T& x, float s, float inv_s, float z) const noexcept {
-    const auto a = detail::make_affine_pack<float>(s, inv_s, z, qmin, qmax);
-    return detail::from_grid(detail::to_grid<Convention>(static_cast<float>(x), a, detail::plain_rounder<Round>{}),
-                             a);
+    const detail::bounded_pack<float> a{s, inv_s, qmin - z, qmax - z};
+    return detail::fake_quant_value<Round, Convention>(static_cast<float>(x), a, detail::plain_rounder<Round>{});
   }
 };
 
@@ -241,23 +241,37 @@ auto dequantize(E&& q, const qparams& p) {
 // ====================================================================================
 namespace kernels {
 
-// y = fake_quantize(x) over a whole plan. `round` carries the seed for stochastic
-// rounding; element indices are flat tensor indices.
+// y = fake_quantize(x) over a whole plan; y may equal x (in place). `round` carries the
+// seed for stochastic rounding; element indices are flat tensor indices. qmin, qmax: the
+// grid of the qparams the plan was made from.
 template <class Arch = simd::default_arch, class Round = round_half_to_even, class Convention = pytorch_convention>
 void fake_quantize(const float* x, float* y, const detail::segment_plan& plan, float qmin, float qmax,
                    const Round& round = {}) noexcept {
-  detail::for_each_piece(plan, detail::affine_piece, [&](std::size_t, std::size_t e0, std::size_t len,
-                                                         std::size_t po) {
-    const float* xs = x + e0;
-    float* ys = y + e0;
-    detail::affine_run<Arch>(plan, len, po, qmin, qmax, [&](std::size_t i, const auto& a) {
-      using P = std::decay_t<decltype(a.scale)>;
-      using A = simd::arch_of<P>;
-      const P v = simd::load<A>(xs + i);
-      const detail::indexed_rounder<A, Round> rnd{round, e0 + i};
-      simd::store(ys + i, detail::from_grid(detail::to_grid<Convention>(v, a, rnd), a));
+  auto chunk = [&](auto stream, std::size_t begin, std::size_t end) {
+    constexpr bool Stream = decltype(stream)::value;
+    detail::for_each_run(plan, begin, end, [&](std::size_t e0, std::size_t len, std::size_t po) {
+      const float* xs = x + e0;
+      float* ys = y + e0;
+      detail::bounded_run<Arch>(
+          plan, len, po, qmin, qmax,
+          [&](std::size_t i, const auto& a) {
+            using P = std::decay_t<decltype(a.scale)>;
+            using A = simd::arch_of<P>;
+            const P v = detail::fake_quant_value<Round, Convention>(simd::load<A>(xs + i), a,
+                                                                    detail::indexed_rounder<A, Round>{round, e0 + i});
+            if constexpr (Stream && detail::can_stream<P>::value)
+              detail::stream_store(ys + i, v);
+            else
+              simd::store(ys + i, v);
+          },
+          Stream ? ys : nullptr);
     });
-  });
+    if constexpr (Stream) detail::stream_fence();
+  };
+  if (detail::use_streaming_stores<Arch>(plan.n))
+    detail::for_each_chunk(plan, [&](std::size_t b, std::size_t e) { chunk(std::true_type{}, b, e); });
+  else
+    detail::for_each_chunk(plan, [&](std::size_t b, std::size_t e) { chunk(std::false_type{}, b, e); });
 }
 
 // q = quantize(x) into integers. Returns the number of NaN inputs met (their q is
@@ -266,45 +280,52 @@ template <class Int, class Arch = simd::default_arch, class Round = round_half_t
           class Convention = pytorch_convention>
 std::size_t quantize(const float* x, Int* q, const detail::segment_plan& plan, float qmin, float qmax,
                      const Round& round = {}) noexcept {
-  std::vector<std::size_t> nan_count(detail::piece_count(plan, detail::affine_piece), 0);
-  detail::for_each_piece(plan, detail::affine_piece, [&](std::size_t t, std::size_t e0, std::size_t len,
-                                                         std::size_t po) {
-    const float* xs = x + e0;
-    Int* qs = q + e0;
+  std::atomic<std::size_t> nan_total{0};  // an integer count: any order of additions is exact
+  detail::for_each_chunk(plan, [&](std::size_t begin, std::size_t end) {
     std::size_t nans = 0;
-    detail::affine_run<Arch>(plan, len, po, qmin, qmax, [&](std::size_t i, const auto& a) {
-      using P = std::decay_t<decltype(a.scale)>;
-      using A = simd::arch_of<P>;
-      constexpr std::size_t L = simd::lanes<float, A>;
-      const P v = simd::load<A>(xs + i);
-      const detail::indexed_rounder<A, Round> rnd{round, e0 + i};
-      const P g = detail::to_grid<Convention>(v, a, rnd);
-      alignas(64) float buf[L];
-      simd::store(buf, g);
-      for (std::size_t j = 0; j < L; ++j) {
-        nans += (buf[j] != buf[j]);
-        qs[i + j] = static_cast<Int>(buf[j] == buf[j] ? buf[j] : 0.0f);
-      }
+    detail::for_each_run(plan, begin, end, [&](std::size_t e0, std::size_t len, std::size_t po) {
+      const float* xs = x + e0;
+      Int* qs = q + e0;
+      detail::bounded_run<Arch>(plan, len, po, qmin, qmax, [&](std::size_t i, const auto& a) {
+        using P = std::decay_t<decltype(a.scale)>;
+        using A = simd::arch_of<P>;
+        constexpr std::size_t L = simd::lanes<float, A>;
+        const P c = detail::centered_grid<Round, Convention>(simd::load<A>(xs + i), a,
+                                                               detail::indexed_rounder<A, Round>{round, e0 + i});
+        const P g = c + (P(qmin) - a.lo);  // + z (lo = qmin - z): exact small integers
+        if constexpr (L == 1) {
+          const bool nan = g != g;
+          nans += nan;
+          qs[i] = static_cast<Int>(nan ? 0.0f : g);
+        } else {
+          alignas(64) float buf[L];
+          simd::store(buf, g);
+          if (xsimd::any(xsimd::isnan(g)))  // (xsimd's != is an ordered compare)
+            for (std::size_t j = 0; j < L; ++j)
+              if (buf[j] != buf[j]) ++nans, buf[j] = 0.0f;
+          for (std::size_t j = 0; j < L; ++j) qs[i + j] = static_cast<Int>(buf[j]);
+        }
+      });
     });
-    nan_count[t] = nans;
+    if (nans) nan_total += nans;
   });
-  std::size_t total = 0;
-  for (auto c : nan_count) total += c;
-  return total;
+  return nan_total.load();
 }
 
 // x_hat = (q - z) * s from integers.
 template <class Int, class Arch = simd::default_arch>
 void dequantize(const Int* q, float* y, const detail::segment_plan& plan) noexcept {
-  detail::for_each_piece(plan, detail::affine_piece, [&](std::size_t, std::size_t e0, std::size_t len,
-                                                         std::size_t po) {
-    const float* s = plan.scale.data() + po;
-    const float* z = plan.zero_point.data() + po;
-    for (std::size_t i = 0; i < len; ++i) {
-      const float sv = plan.vector_params ? s[i] : s[0];
-      const float zv = plan.vector_params ? z[i] : z[0];
-      y[e0 + i] = (static_cast<float>(q[e0 + i]) - zv) * sv;
-    }
+  detail::for_each_chunk(plan, [&](std::size_t begin, std::size_t end) {
+    detail::for_each_run(plan, begin, end, [&](std::size_t e0, std::size_t len, std::size_t po) {
+      const float* s = plan.scale() + po;
+      const float* z = plan.zero_point() + po;
+      if (plan.vector_params) {
+        for (std::size_t i = 0; i < len; ++i) y[e0 + i] = (static_cast<float>(q[e0 + i]) - z[i]) * s[i];
+      } else {
+        const float sv = s[0], zv = z[0];
+        for (std::size_t i = 0; i < len; ++i) y[e0 + i] = (static_cast<float>(q[e0 + i]) - zv) * sv;
+      }
+    });
   });
 }
 
@@ -333,9 +354,14 @@ auto fake_quantize(const xt::xexpression<E>& x, const qparams& p, const Round& r
 template <class Round = round_half_to_even, class Convention = pytorch_convention, class E, class O>
 void fake_quantize(const xt::xexpression<E>& x, const qparams& p, O& out, const Round& round = {}) {
   static_assert(detail::is_row_major_float_container<O>::value, "out must be a row-major float container");
-  const auto in = detail::as_contiguous(x);
+  auto in = detail::as_contiguous(x);
   const auto plan = detail::make_segment_plan(in.shape(), p, "fake_quantize");
-  if (!std::equal(in.shape().begin(), in.shape().end(), out.shape().begin(), out.shape().end())) out.resize(in.shape());
+  if (!std::equal(in.shape().begin(), in.shape().end(), out.shape().begin(), out.shape().end())) {
+    in.detach();  // x may be a view into out, which resizing frees
+    out.resize(in.shape());
+  } else {
+    in.separate_from(out.data(), out.size());
+  }
   kernels::fake_quantize<simd::default_arch, Round, Convention>(in.data(), out.data(), plan,
                                                                  static_cast<float>(p.qmin()),
                                                                  static_cast<float>(p.qmax()), round);

@@ -1,15 +1,24 @@
 // quant/detail/contiguous.hpp — getting a contiguous row-major float buffer out of any
 // xtensor expression, without a copy when the expression already is one.
+//
+// Read in place: float containers, adaptors (xt::adapt over a vector or a pointer) and
+// views with a data interface (xt::view with leading ranges/integers and trailing
+// xt::all(), strided views, reshape views) whose layout is row-major at run time.
+// Copied (once, into a row-major float buffer): everything else — lazy expressions,
+// other value types, column-major or strided data.
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <type_traits>
 #include <vector>
 
+#include <xtensor/xadapt.hpp>
 #include <xtensor/xarray.hpp>
-#include <xtensor/xtensor.hpp>
 #include <xtensor/xexpression.hpp>
 #include <xtensor/xlayout.hpp>
+#include <xtensor/xnoalias.hpp>
+#include <xtensor/xtensor.hpp>
 
 namespace quant {
 namespace detail {
@@ -22,26 +31,64 @@ struct is_row_major_float_container<
                         std::is_same<typename E::value_type, float>::value &&
                         E::static_layout == xt::layout_type::row_major>> : std::true_type {};
 
-// Holds either a pointer into the caller's container or an evaluated copy.
-template <class E, bool Direct = is_row_major_float_container<E>::value>
-struct contiguous_floats;
-
+// Float storage that may be read in place: data(), data_offset() and a run-time layout.
+template <class E, class = void>
+struct has_float_storage : std::false_type {};
 template <class E>
-struct contiguous_floats<E, true> {
-  const E& e;
-  explicit contiguous_floats(const E& x) : e(x) {}
-  const float* data() const noexcept { return e.data(); }
-  const auto& shape() const noexcept { return e.shape(); }
-  std::size_t size() const noexcept { return e.size(); }
-};
+struct has_float_storage<E, xt::void_t<decltype(std::declval<const E&>().data()),
+                                       decltype(std::declval<const E&>().data_offset()),
+                                       decltype(std::declval<const E&>().layout())>>
+    : std::is_same<std::remove_cv_t<typename E::value_type>, float> {};
 
+// A row-major float view of x: a pointer into x where its storage already is one,
+// otherwise into a private copy. Lives no longer than x.
 template <class E>
-struct contiguous_floats<E, false> {
-  xt::xarray<float, xt::layout_type::row_major> copy;
-  explicit contiguous_floats(const E& x) : copy(xt::cast<float>(x)) {}
-  const float* data() const noexcept { return copy.data(); }
-  const auto& shape() const noexcept { return copy.shape(); }
-  std::size_t size() const noexcept { return copy.size(); }
+class contiguous_floats {
+ public:
+  explicit contiguous_floats(const E& x) : e_(x) {
+    if constexpr (has_float_storage<E>::value) {
+      if (x.size() == 0 || x.layout() == xt::layout_type::row_major) {
+        ptr_ = x.data() + x.data_offset();
+        return;
+      }
+    }
+    materialize();
+  }
+  contiguous_floats(const contiguous_floats&) = delete;
+  contiguous_floats& operator=(const contiguous_floats&) = delete;
+
+  const float* data() const noexcept { return ptr_; }
+  const auto& shape() const noexcept { return e_.shape(); }
+  std::size_t size() const noexcept { return static_cast<std::size_t>(e_.size()); }
+  bool is_copy() const noexcept { return !copy_.empty(); }
+
+  // Reads from a private copy from now on (before the caller frees or moves x's storage).
+  void detach() {
+    if (!is_copy()) materialize();
+  }
+
+  // An elementwise kernel may run in place (y == x) but not over a shifted overlap: a
+  // pack stored to y could overwrite input it has not read yet. Copy in that case.
+  void separate_from(const float* y, std::size_t n) {
+    if (is_copy() || ptr_ == y || n == 0) return;
+    const auto a = reinterpret_cast<std::uintptr_t>(ptr_), b = reinterpret_cast<std::uintptr_t>(y);
+    const std::uintptr_t bytes = size() * sizeof(float), out_bytes = n * sizeof(float);
+    if (a < b + out_bytes && b < a + bytes) materialize();
+  }
+
+ private:
+  void materialize() {
+    const std::size_t n = size();
+    copy_.resize(n ? n : 1);
+    std::vector<std::size_t> shape(e_.shape().begin(), e_.shape().end());
+    auto dst = xt::adapt(copy_.data(), n, xt::no_ownership(), shape);
+    xt::noalias(dst) = xt::cast<float>(e_);
+    ptr_ = copy_.data();
+  }
+
+  const E& e_;
+  const float* ptr_ = nullptr;
+  std::vector<float> copy_;
 };
 
 template <class E>

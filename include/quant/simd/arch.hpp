@@ -140,6 +140,74 @@ QUANT_ALWAYS_INLINE P clamp(const P& x, const S& lo, const S& hi) noexcept {
   return quant::simd::select(x < P(lo), P(lo), quant::simd::select(x > P(hi), P(hi), x));
 }
 
+// ---- x86 forms: same results, fewer instructions ------------------------------------
+// Each is held to the generic form by tests/test_affine_run.cpp (bit for bit, NaN included).
+//
+// clamp_nan: clamp(x, lo, hi) as max then min with the bound as the FIRST operand: the
+// SSE/AVX min/max return their second operand when either is NaN or both are zeros, so NaN
+// and the sign of a zero pass exactly as in simd::clamp above (2 instructions, not 4).
+// nearest_even: round to nearest, ties to even, the mode given in the instruction's
+// immediate (_MM_FROUND_NO_EXC | _MM_FROUND_TO_NEAREST_INT, never MXCSR), plus +0.0f
+// so that -0.3 gives +0 exactly like the trunc-based round_half_to_even.
+template <class P>
+struct has_native_x86 : std::false_type {};
+
+// Generic forms (what the x86 overloads below replace). nearest_even has none: callers
+// use it only where has_native_x86<P> holds.
+template <class P>
+QUANT_ALWAYS_INLINE P clamp_nan(const P& x, const P& lo, const P& hi) noexcept {
+  return clamp(x, lo, hi);
+}
+template <class P>
+P nearest_even(const P& x) noexcept;
+
+#if defined(__SSE4_1__)
+template <class A>
+struct has_native_x86<xsimd::batch<float, A>>
+    : std::integral_constant<bool, std::is_base_of<xsimd::sse4_1, A>::value || std::is_base_of<xsimd::avx, A>::value ||
+                                       std::is_base_of<xsimd::avx512f, A>::value> {};
+
+template <class A>
+QUANT_ALWAYS_INLINE xsimd::batch<float, A> clamp_nan(const xsimd::batch<float, A>& x, const xsimd::batch<float, A>& lo,
+                                                     const xsimd::batch<float, A>& hi) noexcept {
+#if defined(__AVX512F__)
+  if constexpr (std::is_base_of<xsimd::avx512f, A>::value) {  // maskz forms: GCC 12 warns on the plain ones
+    constexpr __mmask16 all = 0xFFFF;
+    return _mm512_maskz_min_ps(all, hi, _mm512_maskz_max_ps(all, lo, x));
+  } else
+#endif
+#if defined(__AVX__)
+  if constexpr (std::is_base_of<xsimd::avx, A>::value) {
+    return _mm256_min_ps(hi, _mm256_max_ps(lo, x));
+  } else
+#endif
+  if constexpr (std::is_base_of<xsimd::sse2, A>::value) {
+    return _mm_min_ps(hi, _mm_max_ps(lo, x));
+  } else {
+    return clamp(x, lo, hi);
+  }
+}
+
+template <class A>
+QUANT_ALWAYS_INLINE xsimd::batch<float, A> nearest_even(const xsimd::batch<float, A>& x) noexcept {
+  static_assert(has_native_x86<xsimd::batch<float, A>>::value, "nearest_even: no exact native form for this arch");
+  constexpr int mode = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+#if defined(__AVX512F__)
+  if constexpr (std::is_base_of<xsimd::avx512f, A>::value) {
+    return _mm512_add_ps(_mm512_roundscale_ps(x, mode), _mm512_setzero_ps());
+  } else
+#endif
+#if defined(__AVX__)
+  if constexpr (std::is_base_of<xsimd::avx, A>::value) {
+    return _mm256_add_ps(_mm256_round_ps(x, mode), _mm256_setzero_ps());
+  } else
+#endif
+  {
+    return _mm_add_ps(_mm_round_ps(x, mode), _mm_setzero_ps());
+  }
+}
+#endif
+
 // Horizontal sum of a pack (scalar: identity).
 QUANT_ALWAYS_INLINE float reduce_add(float x) noexcept { return x; }
 QUANT_ALWAYS_INLINE double reduce_add(double x) noexcept { return x; }

@@ -1,0 +1,144 @@
+// Threads never change results: eager fake-quant and quantize give the same bits with 1
+// and 2 threads (and without a cap), per tensor, per channel and per group, at sizes above
+// the parallel threshold, including lengths that are not a multiple of the chunk size.
+#include <quant/detail/parallel.hpp>
+#include <quant/reference/uniform.hpp>
+#include <quant/uniform.hpp>
+
+#include <xtensor/xadapt.hpp>
+
+#include "test_helpers.hpp"
+
+using namespace quant;
+using quant_test::require_bitwise_equal;
+
+namespace {
+
+// Restores the default thread cap when a test leaves (also on a failed REQUIRE).
+struct thread_cap {
+  explicit thread_cap(int n) { set_num_threads(n); }
+  ~thread_cap() { set_num_threads(0); }
+};
+
+template <class F>
+auto with_threads(int n, F&& f) {
+  thread_cap cap(n);
+  return f();
+}
+
+std::vector<float> scales(std::size_t n, float base) {
+  std::vector<float> s(n);
+  for (std::size_t k = 0; k < n; ++k) s[k] = base * (1.0f + 0.13f * static_cast<float>(k % 11));
+  return s;
+}
+std::vector<std::int32_t> zero_points(std::size_t n, int spread) {
+  std::vector<std::int32_t> z(n);
+  for (std::size_t k = 0; k < n; ++k) z[k] = static_cast<std::int32_t>(k % (2 * spread + 1)) - spread;
+  return z;
+}
+
+// Every qparams layout the segment plan distinguishes, on a [rows, cols] tensor.
+std::vector<std::pair<std::string, qparams>> layouts(std::size_t rows, std::size_t cols) {
+  const grid g = grid::int_signed(8);
+  return {
+      {"per tensor", qparams::per_tensor(g, 0.03f, 2)},
+      {"per channel axis 0 (scalar runs)", qparams::per_channel(g, scales(rows, 0.02f), zero_points(rows, 3), 0)},
+      {"per channel axis 1 (vector runs)", qparams::per_channel(g, scales(cols, 0.02f), zero_points(cols, 3), -1)},
+      {"per group along axis 1 (scalar runs)",
+       qparams::per_group(g, scales(rows * cols / 16, 0.01f), zero_points(rows * cols / 16, 2), 1, 16)},
+      {"per group along axis 0 (vector runs)",
+       qparams::per_group(g, scales(rows * cols / 4, 0.01f), zero_points(rows * cols / 4, 2), 0, 4)},
+  };
+}
+
+}  // namespace
+
+TEST_CASE("the thread cap is one knob", "[parallel]") {
+  thread_cap cap(1);
+  CHECK(num_threads() == 1);
+  set_num_threads(2);
+#if defined(_OPENMP)
+  CHECK(num_threads() == 2);
+#else
+  CHECK(num_threads() == 1);
+#endif
+  set_num_threads(-3);  // negative = default
+  CHECK(num_threads() >= 1);
+}
+
+TEST_CASE("parallel_reduce combines fixed pieces in order for any thread count", "[parallel]") {
+  const std::size_t n = (std::size_t(1) << 17) + 77;
+  const auto x = quant_test::normal_floats(n, 3);
+  auto sum = [&] {
+    return detail::parallel_reduce(
+        n, 4096, 0.0f,
+        [&](std::size_t b, std::size_t e) {
+          float s = 0.0f;
+          for (std::size_t i = b; i < e; ++i) s += x[i];
+          return s;
+        },
+        [](float a, float b) { return a + b; });
+  };
+  // Independent expectation: the same pieces, summed serially in order.
+  float want = 0.0f;
+  for (std::size_t b = 0; b < n; b += 4096) {
+    float s = 0.0f;
+    for (std::size_t i = b; i < std::min(n, b + 4096); ++i) s += x[i];
+    want += s;
+  }
+  const float one = with_threads(1, sum), two = with_threads(2, sum);
+  CHECK(quant_test::bits_of(one) == quant_test::bits_of(want));
+  CHECK(quant_test::bits_of(two) == quant_test::bits_of(want));
+}
+
+TEST_CASE("eager fake-quant is bit-identical for 1 and 2 threads", "[parallel][uniform]") {
+  // rows * cols is above detail::parallel_min_elements and not a multiple of the chunk.
+  const std::size_t rows = 48, cols = 2064;
+  REQUIRE(rows * cols > detail::parallel_min_elements);
+  REQUIRE(rows * cols % detail::chunk_elements != 0);
+  const auto x = quant_test::normal_floats(rows * cols, 11, 3.0f);
+  const xt::xtensor<float, 2> xa = xt::adapt(x, std::array<std::size_t, 2>{rows, cols});
+  for (const auto& [name, p] : layouts(rows, cols)) {
+    INFO(name);
+    auto run = [&] { return eager::fake_quantize(xa, p); };
+    const auto y1 = with_threads(1, run);
+    const auto y2 = with_threads(2, run);
+    const auto y0 = with_threads(0, run);
+    require_bitwise_equal(y2, y1, x.size(), name + ": 2 threads vs 1");
+    require_bitwise_equal(y0, y1, x.size(), name + ": default vs 1");
+    require_bitwise_equal(y1, ref::fake_quantize(x, {rows, cols}, p), x.size(), name + ": vs reference");
+    // stochastic rounding draws by element index, so threads cannot change it either
+    auto srun = [&] { return eager::fake_quantize(xa, p, round_stochastic{99}); };
+    require_bitwise_equal(with_threads(2, srun), with_threads(1, srun), x.size(), name + ": stochastic");
+  }
+}
+
+TEST_CASE("eager quantize is bit-identical for 1 and 2 threads", "[parallel][uniform]") {
+  const std::size_t rows = 40, cols = 4112;
+  REQUIRE(rows * cols > detail::parallel_min_elements);
+  const auto x = quant_test::normal_floats(rows * cols, 12, 3.0f);
+  const xt::xtensor<float, 2> xa = xt::adapt(x, std::array<std::size_t, 2>{rows, cols});
+  for (const auto& [name, p] : layouts(rows, cols)) {
+    INFO(name);
+    auto run = [&] { return eager::quantize<std::int8_t>(xa, p); };
+    const auto q1 = with_threads(1, run);
+    const auto q2 = with_threads(2, run);
+    REQUIRE(q1.size() == x.size());
+    const auto want = ref::quantize(x, {rows, cols}, p);
+    for (std::size_t i = 0; i < x.size(); ++i) {
+      if (q1.flat(i) != q2.flat(i) || q1.flat(i) != want[i]) {
+        INFO("element " << i << ": 1 thread " << int(q1.flat(i)) << ", 2 threads " << int(q2.flat(i))
+                        << ", reference " << want[i]);
+        REQUIRE(false);
+      }
+    }
+  }
+  // NaN anywhere in a threaded call is counted and rejected, whatever the threads
+  xt::xtensor<float, 2> with_nan = xa;
+  with_nan(rows - 1, cols - 1) = std::nanf("");
+  const qparams p = qparams::per_tensor(grid::int_signed(8), 0.1f);
+  for (int t : {1, 2}) {
+    thread_cap cap(t);
+    CHECK_THROWS_WITH(eager::quantize<std::int8_t>(with_nan, p), Catch::Contains("1 NaN values"));
+  }
+}
