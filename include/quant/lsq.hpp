@@ -32,10 +32,14 @@
 // The fused kernel (eager::lsq_backward / lsq_forward_backward) reads x and dy once,
 // writes dx (and y), and reduces ds and dbeta in the same pass. Each fixed piece of
 // the data (detail::affine_piece elements) sums its terms with compensated (Kahan) float
-// accumulators per SIMD lane, folds the lanes into double, and the pieces are combined
-// in piece order: results are bit-identical for any thread count, and the error of each
-// sum is about 2^-23 * sum|terms| (independent of N). A scalar build sums in another
-// order and may differ from a SIMD build in the last bits of the reduced gradients only.
+// accumulators per SIMD lane, folds the lanes (a fixed float reduction tree, then
+// double), and the pieces are combined in double in piece order: results are
+// bit-identical for any thread count, and the error of each sum stays below about
+// 2^-21 * sum|terms| whatever N (a plain float sum of N terms can be off by N * 2^-24).
+// A scalar build sums in another order and may differ from a SIMD build in the last bits
+// of the reduced gradients only. Short per-channel runs (fewer than 256 elements per
+// channel and row) are handled as rows carrying parameter tables, one accumulator per
+// row position, so that folding does not dominate.
 // NaN in x gives dx = 0 (as PyTorch) and a NaN scale gradient.
 //
 // Initialisation (§3): lsq_init_scale (LSQ: 2 mean|x| / sqrt(qmax)), lsq_plus_init_weights
@@ -144,6 +148,8 @@ struct lsq_plan {
   std::optional<qparams> torch_forward;
 };
 
+constexpr std::size_t lsq_vector_inner = 256;
+
 template <class Shape>
 lsq_plan make_lsq_plan(const Shape& shape, const lsq_params& p, const char* function) {
   p.grid.validate(function);
@@ -179,6 +185,17 @@ lsq_plan make_lsq_plan(const Shape& shape, const lsq_params& p, const char* func
     plan.forward_shift = static_cast<float>(zf[0]) - off[0];  // nonzero only per tensor
     plan.torch_forward = p.channel_axis ? qparams::per_channel(p.grid, p.scale, zf, *p.channel_axis)
                                         : qparams::per_tensor(p.grid, p.scale[0], zf[0]);
+  }
+  // Short per-channel runs fold their accumulators more often than they add to them:
+  // below lsq_vector_inner elements, and with several outer rows to share the fold, treat
+  // each outer row of C * inner as one vector run (one accumulator per row position,
+  // folded once per task), as long as a row fits a piece.
+  if (plan.seg.k == segment_plan::kind::channel_scalar && plan.seg.inner < lsq_vector_inner &&
+      plan.seg.outer > 1 && plan.seg.channels * plan.seg.inner <= affine_piece) {
+    plan.seg.k = segment_plan::kind::channel_vector;
+    plan.seg.vector_params = true;
+    plan.seg.count = plan.seg.outer;
+    plan.seg.length = plan.seg.channels * plan.seg.inner;
   }
   const std::size_t expand = plan.seg.vector_params ? plan.seg.inner : 1;
   plan.scale.resize(plan.params * expand);
@@ -229,15 +246,10 @@ struct kahan_sum {
     comp = (t - sum) - y;
     sum = t;
   }
-  // The lanes folded into double, in lane order.
+  // The lanes summed in float by the pack's fixed reduction tree (log2(lanes) levels: an
+  // error of at most ~4 ulp of the lanes' magnitudes), then in double.
   double total() const noexcept {
-    constexpr std::size_t L = simd::lanes<float, simd::arch_of<P>>;
-    alignas(64) float s[L], c[L];
-    simd::store(s, sum);
-    simd::store(c, comp);
-    double r = 0.0;
-    for (std::size_t j = 0; j < L; ++j) r += static_cast<double>(s[j]) - static_cast<double>(c[j]);
-    return r;
+    return static_cast<double>(simd::reduce_add(sum)) - static_cast<double>(simd::reduce_add(comp));
   }
 };
 
@@ -304,53 +316,96 @@ void lsq_forward(const float* x, float* y, const detail::lsq_plan& plan) noexcep
   });
 }
 
-// The fused single pass: dx (and y when y != nullptr) per element; per parameter j,
-// sum_ds[j] = sum of the scale-gradient terms and sum_out[j] = sum of dy outside the grid,
-// both before the gradient scale. dx may alias dy.
-template <class Arch = simd::default_arch, lsq_convention C = lsq_convention::paper>
-void lsq_backward(const float* x, const float* dy, float* y, float* dx, const detail::lsq_plan& plan,
-                  double* sum_ds, double* sum_out) {
+}  // namespace kernels
+
+namespace detail {
+
+// One pack (or one float) of the fused pass: loads x and dy at i, stores dx (and y),
+// adds the two gradient terms to the accumulators. A free always-inline function rather
+// than a lambda, so that the accumulators stay in registers.
+template <lsq_convention C, bool WantY, class P>
+QUANT_ALWAYS_INLINE void lsq_step(const float* x, const float* dy, float* y, float* dx, std::size_t i,
+                                  const affine_pack<P>& a, float shift, kahan_sum<P>& ds, kahan_sum<P>& out) noexcept {
+  using A = simd::arch_of<P>;
+  P yv, dxv, dsv, outv;
+  lsq_element<C>(simd::load<A>(x + i), simd::load<A>(dy + i), a, shift, yv, dxv, dsv, outv);
+  if constexpr (WantY) simd::store(y + i, yv);
+  simd::store(dx + i, dxv);
+  ds.add(dsv);
+  out.add(outv);
+}
+
+// A run sharing one parameter: two accumulator sets alternate over the packs (two
+// independent dependency chains), the tail has its own; all folded in a fixed order.
+template <class Arch, lsq_convention C, bool WantY>
+QUANT_ALWAYS_INLINE void lsq_scalar_run(const float* x, const float* dy, float* y, float* dx, std::size_t len,
+                                        const lsq_plan& plan, std::size_t po, double& sum_ds,
+                                        double& sum_out) noexcept {
+  using P = simd::pack<float, Arch>;
+  constexpr std::size_t L = simd::lanes<float, Arch>;
+  const float s = plan.scale[po], inv = plan.inv_scale[po], b = plan.offset[po], shift = plan.forward_shift;
+  const affine_pack<P> a = make_affine_pack<P>(P(s), P(inv), P(b), plan.qmin, plan.qmax);
+  kahan_sum<P> ds0, ds1, out0, out1;
+  std::size_t i = 0;
+  for (; i + 2 * L <= len; i += 2 * L) {
+    lsq_step<C, WantY>(x, dy, y, dx, i, a, shift, ds0, out0);
+    lsq_step<C, WantY>(x, dy, y, dx, i + L, a, shift, ds1, out1);
+  }
+  if (i + L <= len) {
+    lsq_step<C, WantY>(x, dy, y, dx, i, a, shift, ds0, out0);
+    i += L;
+  }
+  const affine_pack<float> t = make_affine_pack<float>(s, inv, b, plan.qmin, plan.qmax);
+  kahan_sum<float> ds_t, out_t;
+  for (; i < len; ++i) lsq_step<C, WantY>(x, dy, y, dx, i, t, shift, ds_t, out_t);
+  // merge the two chains lane by lane (compensated), then fold the lanes into double
+  ds0.add(ds1.sum);
+  ds0.add(-ds1.comp);
+  out0.add(out1.sum);
+  out0.add(-out1.comp);
+  sum_ds = ds0.total() + ds_t.total();
+  sum_out = out0.total() + out_t.total();
+}
+
+// One row of a vector run (parameter tables parallel to the row): the accumulators are
+// arrays with one compensated sum per row position.
+template <lsq_convention C, bool WantY, class P>
+QUANT_ALWAYS_INLINE void lsq_vector_step(const float* x, const float* dy, float* y, float* dx, std::size_t i,
+                                         const lsq_plan& plan, float* acc, std::size_t row) noexcept {
+  using A = simd::arch_of<P>;
+  const affine_pack<P> a =
+      make_affine_pack<P>(simd::load<A>(plan.scale.data() + i), simd::load<A>(plan.inv_scale.data() + i),
+                          simd::load<A>(plan.offset.data() + i), plan.qmin, plan.qmax);
+  kahan_sum<P> ds{simd::load<A>(acc + i), simd::load<A>(acc + row + i)};
+  kahan_sum<P> out{simd::load<A>(acc + 2 * row + i), simd::load<A>(acc + 3 * row + i)};
+  lsq_step<C, WantY>(x, dy, y, dx, i, a, plan.forward_shift, ds, out);
+  simd::store(acc + i, ds.sum);
+  simd::store(acc + row + i, ds.comp);
+  simd::store(acc + 2 * row + i, out.sum);
+  simd::store(acc + 3 * row + i, out.comp);
+}
+
+template <class Arch, lsq_convention C, bool WantY>
+void lsq_backward_impl(const float* x, const float* dy, float* y, float* dx, const lsq_plan& plan, double* sum_ds,
+                       double* sum_out) {
   using PB = simd::pack<float, Arch>;
+  constexpr std::size_t L = simd::lanes<float, Arch>;
   const auto& seg = plan.seg;
   for (std::size_t j = 0; j < plan.params; ++j) sum_ds[j] = sum_out[j] = 0.0;
   if (seg.count == 0 || seg.length == 0) return;
-  const float shift = plan.forward_shift;
-  const bool want_y = y != nullptr;
-  constexpr std::size_t piece = detail::affine_piece;
+  constexpr std::size_t piece = affine_piece;
 
   if (!seg.vector_params) {
     // Runs sharing one parameter: each task is one piece of one run, partial sums in double.
     const std::size_t per_seg = (seg.length + piece - 1) / piece;
     const std::size_t tasks = seg.count * per_seg;
     std::vector<double> part(2 * tasks);
-    detail::parallel_for(tasks, seg.n, [&](std::size_t t) {
+    parallel_for(tasks, seg.n, [&](std::size_t t) {
       const std::size_t s_idx = t / per_seg, b = (t % per_seg) * piece;
       const std::size_t len = b + piece < seg.length ? piece : seg.length - b;
       const std::size_t e0 = seg.element_offset(s_idx) + b;
-      const float* xs = x + e0;
-      const float* gs = dy + e0;
-      float* ys = want_y ? y + e0 : nullptr;
-      float* dxs = dx + e0;
-      detail::kahan_sum<PB> ds_p, out_p;
-      detail::kahan_sum<float> ds_t, out_t;
-      detail::lsq_run<Arch>(plan, len, seg.param_offset(s_idx), [&](std::size_t i, const auto& a) {
-                                 using P = std::decay_t<decltype(a.scale)>;
-                                 using A = simd::arch_of<P>;
-                                 P yv, dxv, dsv, outv;
-                                 detail::lsq_element<C>(simd::load<A>(xs + i), simd::load<A>(gs + i), a, shift, yv,
-                                                        dxv, dsv, outv);
-                                 if (want_y) simd::store(ys + i, yv);
-                                 simd::store(dxs + i, dxv);
-                                 if constexpr (std::is_same<P, float>::value) {
-                                   ds_t.add(dsv);
-                                   out_t.add(outv);
-                                 } else {
-                                   ds_p.add(dsv);
-                                   out_p.add(outv);
-                                 }
-                               });
-      part[2 * t] = ds_p.total() + ds_t.total();
-      part[2 * t + 1] = out_p.total() + out_t.total();
+      lsq_scalar_run<Arch, C, WantY>(x + e0, dy + e0, WantY ? y + e0 : nullptr, dx + e0, len, plan,
+                                     seg.param_offset(s_idx), part[2 * t], part[2 * t + 1]);
     });
     for (std::size_t t = 0; t < tasks; ++t) {
       const std::size_t j = seg.param_offset(t / per_seg);
@@ -360,50 +415,40 @@ void lsq_backward(const float* x, const float* dy, float* y, float* dx, const de
     return;
   }
 
-  // Per channel with short inner runs: a row of C * inner elements carries a parameter
-  // table. A task takes whole rows and keeps one compensated accumulator per row
+  // Per channel with short inner runs: a row of C * inner elements carries the parameter
+  // tables. A task takes whole rows and keeps one compensated accumulator per row
   // position, folded into per-channel doubles at its end.
   const std::size_t row = seg.length, inner = seg.inner, channels = seg.channels;
   const std::size_t rows_per_task = row >= piece ? 1 : piece / row;
   const std::size_t tasks = (seg.count + rows_per_task - 1) / rows_per_task;
   std::vector<double> part(2 * tasks * channels);
-  detail::parallel_for(tasks, seg.n, [&](std::size_t t) {
+  parallel_for(tasks, seg.n, [&](std::size_t t) {
     std::vector<float> acc(4 * row, 0.0f);  // ds sum, ds comp, out sum, out comp
-    float* ds_s = acc.data();
-    float* ds_c = ds_s + row;
-    float* out_s = ds_c + row;
-    float* out_c = out_s + row;
     const std::size_t r0 = t * rows_per_task;
     const std::size_t r1 = std::min(seg.count, r0 + rows_per_task);
     for (std::size_t r = r0; r < r1; ++r) {
       const std::size_t e0 = seg.element_offset(r);
       const float* xs = x + e0;
       const float* gs = dy + e0;
-      float* ys = want_y ? y + e0 : nullptr;
+      float* ys = WantY ? y + e0 : nullptr;
       float* dxs = dx + e0;
-      detail::lsq_run<Arch>(plan, row, 0, [&](std::size_t i, const auto& a) {
-        using P = std::decay_t<decltype(a.scale)>;
-        using A = simd::arch_of<P>;
-        P yv, dxv, dsv, outv;
-        detail::lsq_element<C>(simd::load<A>(xs + i), simd::load<A>(gs + i), a, shift, yv, dxv, dsv, outv);
-        if (want_y) simd::store(ys + i, yv);
-        simd::store(dxs + i, dxv);
-        detail::kahan_sum<P> k{simd::load<A>(ds_s + i), simd::load<A>(ds_c + i)};
-        k.add(dsv);
-        simd::store(ds_s + i, k.sum);
-        simd::store(ds_c + i, k.comp);
-        detail::kahan_sum<P> o{simd::load<A>(out_s + i), simd::load<A>(out_c + i)};
-        o.add(outv);
-        simd::store(out_s + i, o.sum);
-        simd::store(out_c + i, o.comp);
-      });
+      std::size_t i = 0;
+      for (; i + L <= row; i += L) lsq_vector_step<C, WantY, PB>(xs, gs, ys, dxs, i, plan, acc.data(), row);
+      for (; i < row; ++i) lsq_vector_step<C, WantY, float>(xs, gs, ys, dxs, i, plan, acc.data(), row);
     }
+    const float* a = acc.data();
     double* pd = part.data() + 2 * t * channels;
     for (std::size_t c = 0; c < channels; ++c) {
       double sd = 0.0, so = 0.0;
-      for (std::size_t k = c * inner; k < (c + 1) * inner; ++k) {
-        sd += static_cast<double>(ds_s[k]) - static_cast<double>(ds_c[k]);
-        so += static_cast<double>(out_s[k]) - static_cast<double>(out_c[k]);
+      std::size_t k = c * inner;
+      const std::size_t end = k + inner;
+      for (; k + L <= end; k += L) {
+        sd += kahan_sum<PB>{simd::load<Arch>(a + k), simd::load<Arch>(a + row + k)}.total();
+        so += kahan_sum<PB>{simd::load<Arch>(a + 2 * row + k), simd::load<Arch>(a + 3 * row + k)}.total();
+      }
+      for (; k < end; ++k) {
+        sd += static_cast<double>(a[k]) - static_cast<double>(a[row + k]);
+        so += static_cast<double>(a[2 * row + k]) - static_cast<double>(a[3 * row + k]);
       }
       pd[2 * c] = sd;
       pd[2 * c + 1] = so;
@@ -414,6 +459,22 @@ void lsq_backward(const float* x, const float* dy, float* y, float* dx, const de
       sum_ds[c] += part[2 * (t * channels + c)];
       sum_out[c] += part[2 * (t * channels + c) + 1];
     }
+}
+
+}  // namespace detail
+
+namespace kernels {
+
+// The fused single pass: dx (and y when y != nullptr) per element; per parameter j,
+// sum_ds[j] = sum of the scale-gradient terms and sum_out[j] = sum of dy outside the grid,
+// both before the gradient scale. dx may alias dy.
+template <class Arch = simd::default_arch, lsq_convention C = lsq_convention::paper>
+void lsq_backward(const float* x, const float* dy, float* y, float* dx, const detail::lsq_plan& plan,
+                  double* sum_ds, double* sum_out) {
+  if (y)
+    detail::lsq_backward_impl<Arch, C, true>(x, dy, y, dx, plan, sum_ds, sum_out);
+  else
+    detail::lsq_backward_impl<Arch, C, false>(x, dy, y, dx, plan, sum_ds, sum_out);
 }
 
 }  // namespace kernels
