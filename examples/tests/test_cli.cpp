@@ -1,0 +1,428 @@
+// The `quant` tool end to end: each test writes .npy inputs (bytes built here, not by the
+// tool's own writer), runs the built binary through std::system, and checks exit codes,
+// messages and outputs against values computed here from the formulas.
+#include <sys/stat.h>
+#include <sys/wait.h>
+
+#include <catch2/catch.hpp>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace {
+
+const std::string tool = QUANT_CLI;
+const std::string dir = TEST_TMP_DIR "/cli";
+
+std::string path(const std::string& name) { return dir + "/" + name; }
+
+bool exists(const std::string& p) {
+  struct stat st {};
+  return ::stat(p.c_str(), &st) == 0;
+}
+
+struct run_result {
+  int code;
+  std::string output;  // stdout + stderr
+};
+
+run_result run(const std::string& args) {
+  ::mkdir(TEST_TMP_DIR, 0755);
+  ::mkdir(dir.c_str(), 0755);
+  const std::string log = path("last_run.log");
+  const int status = std::system((tool + " " + args + " > " + log + " 2>&1").c_str());
+  std::ifstream f(log);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, ss.str()};
+}
+
+// .npy version 1.0 written byte by byte.
+void write_npy_bytes(const std::string& p, const std::string& descr, const std::vector<std::size_t>& shape,
+                     const void* data, std::size_t nbytes, bool fortran = false, const char* magic = "\x93NUMPY") {
+  std::string sh = "(";
+  for (std::size_t d : shape) sh += std::to_string(d) + ",";
+  if (shape.size() > 1) sh.pop_back();
+  sh += ")";
+  std::string header = "{'descr': '" + descr + "', 'fortran_order': " + (fortran ? "True" : "False") +
+                       ", 'shape': " + sh + ", }";
+  while ((10 + header.size() + 1) % 64 != 0) header += ' ';
+  header += '\n';
+  ::mkdir(TEST_TMP_DIR, 0755);
+  ::mkdir(dir.c_str(), 0755);
+  std::ofstream f(p, std::ios::binary | std::ios::trunc);
+  f.write(magic, 6);
+  const unsigned char ver[2] = {1, 0};
+  f.write(reinterpret_cast<const char*>(ver), 2);
+  const unsigned char len[2] = {static_cast<unsigned char>(header.size() & 0xff),
+                                static_cast<unsigned char>(header.size() >> 8)};
+  f.write(reinterpret_cast<const char*>(len), 2);
+  f.write(header.data(), static_cast<std::streamsize>(header.size()));
+  f.write(static_cast<const char*>(data), static_cast<std::streamsize>(nbytes));
+}
+
+void write_f32(const std::string& p, const std::vector<std::size_t>& shape, const std::vector<float>& v,
+               bool fortran = false) {
+  write_npy_bytes(p, "<f4", shape, v.data(), v.size() * 4, fortran);
+}
+
+struct npy {
+  std::string descr;
+  std::string shape;  // the header's tuple text, e.g. "(2, 3)"
+  std::vector<char> data;
+  template <class T>
+  std::vector<T> as() const {
+    std::vector<T> v(data.size() / sizeof(T));
+    std::memcpy(v.data(), data.data(), v.size() * sizeof(T));
+    return v;
+  }
+};
+
+npy read_npy(const std::string& p) {
+  std::ifstream f(p, std::ios::binary);
+  REQUIRE(f);
+  std::vector<char> all((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  REQUIRE(all.size() >= 10);
+  REQUIRE(std::string(all.data(), 6) == "\x93NUMPY");
+  const std::size_t hl = static_cast<unsigned char>(all[8]) | (static_cast<std::size_t>(static_cast<unsigned char>(all[9])) << 8);
+  const std::string h(all.data() + 10, hl);
+  npy r;
+  const auto d = h.find("'descr': '");
+  r.descr = h.substr(d + 10, h.find('\'', d + 10) - d - 10);
+  const auto s = h.find("'shape': ");
+  r.shape = h.substr(s + 9, h.find(')', s) - s - 8);
+  r.data.assign(all.begin() + static_cast<std::ptrdiff_t>(10 + hl), all.end());
+  return r;
+}
+
+nlohmann::json read_json(const std::string& p) {
+  std::ifstream f(p);
+  REQUIRE(f);
+  nlohmann::json j;
+  f >> j;
+  return j;
+}
+
+// PyTorch-convention fake-quant, written from the formula: x * (1/s) in float, round half
+// to even, + z, clamp, (q - z) * s.
+float fq_ref(float x, float s, int z, int qmin, int qmax) {
+  float q = std::nearbyint(x * (1.0f / s)) + static_cast<float>(z);
+  q = std::min(std::max(q, static_cast<float>(qmin)), static_cast<float>(qmax));
+  return (q - static_cast<float>(z)) * s;
+}
+
+bool no_leftovers() {
+  const int st = std::system(("ls " + dir + " | grep -q '\\.tmp-'").c_str());
+  return WIFEXITED(st) && WEXITSTATUS(st) != 0;
+}
+
+}  // namespace
+
+TEST_CASE("quant --help for the tool and every subcommand") {
+  for (const char* sub : {"", "fake-quant ", "quantize ", "calibrate ", "lsq-grad ", "adaround "}) {
+    const auto r = run(std::string(sub) + "--help");
+    INFO(sub << r.output);
+    CHECK(r.code == 0);
+    CHECK_THAT(r.output, Catch::Contains("Usage"));
+  }
+}
+
+TEST_CASE("fake-quant with an explicit per-tensor scale matches the formula") {
+  const std::vector<float> x = {-1.0f, -0.26f, 0.0f, 0.24f, 0.25f, 0.35f, 0.7f, 5.0f, -0.05f, 0.15f};
+  write_f32(path("x.npy"), {2, 5}, x);
+  const auto r = run("fake-quant -i " + path("x.npy") + " -o " + path("y.npy") + " --bits 4 --scale 0.1");
+  INFO(r.output);
+  REQUIRE(r.code == 0);
+  const npy y = read_npy(path("y.npy"));
+  CHECK(y.descr == "<f4");
+  CHECK(y.shape == "(2, 5)");
+  const auto v = y.as<float>();
+  REQUIRE(v.size() == x.size());
+  for (std::size_t i = 0; i < x.size(); ++i) CHECK(v[i] == fq_ref(x[i], 0.1f, 0, -8, 7));
+  CHECK(v[0] == fq_ref(-0.8f, 0.1f, 0, -8, 7));  // clamped at qmin
+  CHECK(no_leftovers());
+}
+
+TEST_CASE("fake-quant: asymmetric unsigned grid, zero point, float64 input, rounding policies") {
+  std::vector<double> x = {-0.3, -0.1, 0.0, 0.05, 0.25, 1.0};
+  write_npy_bytes(path("x64.npy"), "<f8", {6}, x.data(), x.size() * 8);
+  auto r = run("fake-quant -i " + path("x64.npy") + " -o " + path("y64.npy") +
+               " --bits 3 --unsigned --scheme asymmetric --scale 0.1 --zero-point 2");
+  INFO(r.output);
+  REQUIRE(r.code == 0);
+  auto v = read_npy(path("y64.npy")).as<float>();
+  for (std::size_t i = 0; i < x.size(); ++i) CHECK(v[i] == fq_ref(static_cast<float>(x[i]), 0.1f, 2, 0, 7));
+  // floor rounding: 0.05 / 0.1 -> floor(0.5) = 0 (half-to-even also gives 0, so use 0.25 -> 2 vs floor 2; 0.15 differs)
+  write_f32(path("xr.npy"), {3}, {0.15f, -0.15f, 0.26f});
+  r = run("fake-quant -i " + path("xr.npy") + " -o " + path("yr.npy") + " --bits 8 --scale 0.1 --rounding floor");
+  REQUIRE(r.code == 0);
+  v = read_npy(path("yr.npy")).as<float>();
+  CHECK(v[0] == std::floor(0.15f * (1.0f / 0.1f)) * 0.1f);
+  CHECK(v[1] == std::floor(-0.15f * (1.0f / 0.1f)) * 0.1f);
+  CHECK(v[2] == std::floor(0.26f * (1.0f / 0.1f)) * 0.1f);
+}
+
+TEST_CASE("quantize per channel with a min-max observer writes integers, scales and encodings") {
+  // W [3, 4]: channel c has absmax (c + 1).
+  const std::vector<float> w = {1.0f, -0.5f, 0.25f, 0.0f, -2.0f, 1.0f, 0.3f, 0.1f, 3.0f, -1.5f, 0.7f, 2.9f};
+  write_f32(path("w.npy"), {3, 4}, w);
+  const auto r = run("quantize -i " + path("w.npy") + " -o " + path("q.npy") + " --bits 4 --axis 0 --observer minmax" +
+                     " --scales-out " + path("s.npy") + " --zero-points-out " + path("z.npy") + " --encodings " +
+                     path("enc.json"));
+  INFO(r.output);
+  REQUIRE(r.code == 0);
+  const npy q = read_npy(path("q.npy"));
+  CHECK(q.descr == "|i1");
+  CHECK(q.shape == "(3, 4)");
+  const auto qi = q.as<std::int8_t>();
+  const auto s = read_npy(path("s.npy")).as<float>();
+  const auto z = read_npy(path("z.npy")).as<std::int32_t>();
+  REQUIRE(s.size() == 3);
+  REQUIRE(z.size() == 3);
+  for (std::size_t c = 0; c < 3; ++c) {
+    // PyTorch symmetric: absmax / ((qmax - qmin) / 2) = absmax / 7.5
+    CHECK(s[c] == static_cast<float>(c + 1) / 7.5f);
+    CHECK(z[c] == 0);
+    for (std::size_t i = 0; i < 4; ++i) {
+      const float e = std::min(std::max(std::nearbyint(w[c * 4 + i] * (1.0f / s[c])), -8.0f), 7.0f);
+      CHECK(qi[c * 4 + i] == static_cast<int>(e));
+    }
+  }
+  const auto j = read_json(path("enc.json"));
+  CHECK(j["bits"] == 4);
+  CHECK(j["signed"] == true);
+  CHECK(j["scheme"] == "symmetric");
+  CHECK(j["granularity"] == "per_channel");
+  CHECK(j["axis"] == 0);
+  CHECK(j["dtype"] == "int8");
+  CHECK(j["scales"].size() == 3);
+  CHECK(j["scales"][2].get<float>() == s[2]);
+  CHECK(j["zero_points"] == std::vector<int>{0, 0, 0});
+}
+
+TEST_CASE("quantize: per group, unsigned asymmetric uint8, int16 for wide grids, float32 holding integers") {
+  std::vector<float> x(16);
+  for (std::size_t i = 0; i < 16; ++i) x[i] = 0.1f * static_cast<float>(i) - 0.4f;
+  write_f32(path("g.npy"), {2, 8}, x);
+  auto r = run("quantize -i " + path("g.npy") + " -o " + path("gq.npy") + " --bits 8 --unsigned --scheme asymmetric" +
+               " --axis -1 --group 4 --observer minmax --encodings " + path("g.json"));
+  INFO(r.output);
+  REQUIRE(r.code == 0);
+  CHECK(read_npy(path("gq.npy")).descr == "|u1");
+  const auto j = read_json(path("g.json"));
+  CHECK(j["granularity"] == "per_group");
+  CHECK(j["group_size"] == 4);
+  CHECK(j["scales"].size() == 4);
+  const auto q = read_npy(path("gq.npy")).as<std::uint8_t>();
+  for (std::size_t g = 0; g < 4; ++g) {
+    const float s = j["scales"][g].get<float>();
+    const int z = j["zero_points"][g].get<int>();
+    for (std::size_t i = 0; i < 4; ++i)  // dequantized within half a step of x
+      CHECK(std::fabs((static_cast<float>(q[g * 4 + i]) - static_cast<float>(z)) * s - x[g * 4 + i]) <= 0.5f * s + 1e-6f);
+  }
+  r = run("quantize -i " + path("g.npy") + " -o " + path("q12.npy") + " --bits 12 --scale 0.001");
+  REQUIRE(r.code == 0);
+  const npy q12 = read_npy(path("q12.npy"));
+  CHECK(q12.descr == "<i2");
+  CHECK(q12.as<std::int16_t>()[0] == -400);
+  r = run("quantize -i " + path("g.npy") + " -o " + path("qf.npy") + " --bits 8 --scale 0.01 --dtype float32");
+  REQUIRE(r.code == 0);
+  const npy qf = read_npy(path("qf.npy"));
+  CHECK(qf.descr == "<f4");
+  CHECK(qf.as<float>()[15] == std::nearbyint(x[15] * (1.0f / 0.01f)));
+}
+
+TEST_CASE("calibrate over two files, then quantize with --params") {
+  write_f32(path("a1.npy"), {2, 3}, {0.0f, 1.0f, 2.0f, -1.0f, 0.5f, 0.25f});
+  write_f32(path("a2.npy"), {1, 3}, {4.0f, -3.0f, 0.0f});
+  auto r = run("calibrate -i " + path("a1.npy") + " -i " + path("a2.npy") +
+               " --bits 8 --unsigned --scheme asymmetric -o " + path("cal.json") + " --scales-out " + path("cal_s.npy"));
+  INFO(r.output);
+  REQUIRE(r.code == 0);
+  const auto j = read_json(path("cal.json"));
+  CHECK(j["granularity"] == "per_tensor");
+  const float s = j["scales"][0].get<float>();
+  CHECK(s == (4.0f - (-3.0f)) / 255.0f);  // min-max over both files
+  CHECK(j["zero_points"][0] == static_cast<int>(0 - std::nearbyint(-3.0f / s)));
+  CHECK(read_npy(path("cal_s.npy")).as<float>()[0] == s);
+  r = run("fake-quant -i " + path("a2.npy") + " -o " + path("a2q.npy") + " --params " + path("cal.json"));
+  REQUIRE(r.code == 0);
+  const auto v = read_npy(path("a2q.npy")).as<float>();
+  const int z = j["zero_points"][0].get<int>();
+  CHECK(v[0] == fq_ref(4.0f, s, z, 0, 255));
+  CHECK(v[1] == fq_ref(-3.0f, s, z, 0, 255));
+  // Per channel along axis 1, mse observer: three scales.
+  r = run("calibrate -i " + path("a1.npy") + " -i " + path("a2.npy") + " --axis 1 --observer mse -o " + path("cal2.json"));
+  REQUIRE(r.code == 0);
+  CHECK(read_json(path("cal2.json"))["scales"].size() == 3);
+}
+
+TEST_CASE("lsq-grad matches the LSQ / LSQ+ gradient formulas") {
+  const std::vector<float> x = {-2.0f, -0.26f, 0.1f, 0.34f, 0.9f, 3.0f};
+  const std::vector<float> dy = {0.5f, -1.0f, 2.0f, 0.25f, -0.5f, 1.0f};
+  write_f32(path("lx.npy"), {6}, x);
+  write_f32(path("ldy.npy"), {6}, dy);
+  const float s = 0.2f;
+  const int qmin = -4, qmax = 3;  // 3 bits signed
+  auto r = run("lsq-grad --x " + path("lx.npy") + " --dy " + path("ldy.npy") + " --scale 0.2 --bits 3 --dx " +
+               path("ldx.npy") + " -o " + path("lsq.json") + " --no-gradient-scaling");
+  INFO(r.output);
+  REQUIRE(r.code == 0);
+  const auto dx = read_npy(path("ldx.npy")).as<float>();
+  double ds = 0.0;
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    const double u = static_cast<double>(x[i] * (1.0f / s));
+    const bool inside = u >= qmin && u <= qmax;
+    CHECK(dx[i] == (inside ? dy[i] : 0.0f));
+    ds += dy[i] * (u < qmin ? qmin : u > qmax ? qmax : std::nearbyint(u) - u);
+  }
+  const auto j = read_json(path("lsq.json"));
+  CHECK(j["dscale"][0].get<double>() == Approx(ds).epsilon(1e-5));
+  CHECK(j["gradient_scale"].get<double>() == 1.0);
+  // LSQ+ with an offset and gradient scaling: dbeta = sum of dy outside, times g.
+  r = run("lsq-grad --x " + path("lx.npy") + " --dy " + path("ldy.npy") + " --scale 0.2 --zero-point 0.1 --bits 3" +
+          " --dx " + path("ldx2.npy") + " --dzero-point-out " + path("ldb.npy"));
+  REQUIRE(r.code == 0);
+  double db = 0.0;
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    const double u = static_cast<double>((x[i] - 0.1f) * (1.0f / s));
+    if (u < qmin || u > qmax) db += dy[i];
+  }
+  const double g = 1.0 / std::sqrt(6.0 * qmax);
+  CHECK(read_npy(path("ldb.npy")).as<float>()[0] == Approx(db * g).epsilon(1e-5));
+}
+
+TEST_CASE("adaround one layer: outputs, grid, and error no worse than round-to-nearest") {
+  const std::size_t out = 8, in = 16, n = 256;
+  std::vector<float> w(out * in), xs(n * in);
+  std::uint32_t st = 12345u;
+  auto rnd = [&] {
+    st = st * 1664525u + 1013904223u;
+    return static_cast<float>(st >> 8) / 16777216.0f - 0.5f;
+  };
+  for (auto& v : w) v = rnd();
+  for (auto& v : xs) v = 2.0f * rnd();
+  write_f32(path("aw.npy"), {out, in}, w);
+  write_f32(path("ax.npy"), {n, in}, xs);
+  ::mkdir(path("ar").c_str(), 0755);
+  const auto r = run("adaround --weights " + path("aw.npy") + " --inputs " + path("ax.npy") +
+                     " --bits 3 --iterations 300 --seed 7 --quiet --out-dir " + path("ar"));
+  INFO(r.output);
+  REQUIRE(r.code == 0);
+  const npy q = read_npy(path("ar/integer_weights.npy"));
+  CHECK(q.descr == "<i4");
+  CHECK(q.shape == "(8, 16)");
+  const auto qi = q.as<std::int32_t>();
+  const auto s = read_npy(path("ar/scales.npy")).as<float>();
+  const auto wq = read_npy(path("ar/weights.npy")).as<float>();
+  REQUIRE(s.size() == out);
+  for (std::size_t o = 0; o < out; ++o)
+    for (std::size_t i = 0; i < in; ++i) {
+      const std::size_t k = o * in + i;
+      CHECK(qi[k] >= -4);
+      CHECK(qi[k] <= 3);
+      CHECK(wq[k] == static_cast<float>(qi[k]) * s[o]);
+      // AdaRound only chooses between floor and ceil of W/s (or the clamped grid end).
+      const float u = w[k] * (1.0f / s[o]);
+      CHECK((qi[k] == std::floor(u) || qi[k] == std::floor(u) + 1 || qi[k] == -4 || qi[k] == 3));
+    }
+  const auto j = read_json(path("ar/report.json"));
+  CHECK(j["iterations"] == 300);
+  CHECK(j["reconstruction_error"]["adaround"].get<double>() <= j["reconstruction_error"]["round_to_nearest"].get<double>());
+}
+
+TEST_CASE("malformed .npy inputs exit with 1 and a clear message, and write nothing") {
+  const std::vector<float> v = {1.0f, 2.0f, 3.0f, 4.0f};
+  struct bad_case {
+    const char* name;
+    std::function<void(const std::string&)> write;
+    const char* message;
+  };
+  const std::vector<bad_case> cases = {
+      {"magic", [&](const std::string& p) { write_npy_bytes(p, "<f4", {4}, v.data(), 16, false, "\x93NUMPZ"); },
+       "bad magic"},
+      {"truncated", [&](const std::string& p) { write_npy_bytes(p, "<f4", {4}, v.data(), 10); }, "truncated data"},
+      {"extra", [&](const std::string& p) { write_npy_bytes(p, "<f4", {3}, v.data(), 16); }, "unexpected bytes"},
+      {"complex", [&](const std::string& p) { write_npy_bytes(p, "<c8", {2}, v.data(), 16); }, "unsupported dtype"},
+      {"bigendian", [&](const std::string& p) { write_npy_bytes(p, ">f4", {4}, v.data(), 16); }, "big-endian"},
+      {"int32", [&](const std::string& p) { write_npy_bytes(p, "<i4", {4}, v.data(), 16); }, "not a float type"},
+      {"empty", [&](const std::string& p) { std::ofstream(p, std::ios::binary).write("\x93NUM", 4); }, "too short"},
+      {"header", [&](const std::string& p) { write_npy_bytes(p, "<f4", {4}, v.data(), 16); std::fstream f(p, std::ios::in | std::ios::out | std::ios::binary); f.seekp(8); f.put('\xff'); f.put('\x7f'); }, "truncated"},
+  };
+  for (const auto& c : cases) {
+    const std::string in = path(std::string("bad_") + c.name + ".npy"), o = path(std::string("bad_out_") + c.name + ".npy");
+    c.write(in);
+    std::remove(o.c_str());
+    const auto r = run("fake-quant -i " + in + " -o " + o + " --scale 0.1");
+    INFO(c.name << ": " << r.output);
+    CHECK(r.code == 1);
+    CHECK_THAT(r.output, Catch::Contains(c.message));
+    CHECK_THAT(r.output, Catch::Contains(in));
+    CHECK_FALSE(exists(o));
+  }
+  const auto r = run("fake-quant -i " + path("missing.npy") + " -o " + path("m_out.npy") + " --scale 0.1");
+  CHECK(r.code == 1);
+  CHECK_THAT(r.output, Catch::Contains("cannot open"));
+  CHECK(no_leftovers());
+}
+
+TEST_CASE("Fortran-order input is read in its logical (row-major) order") {
+  // Logical [[1, 2, 3], [4, 5, 6]] stored column by column.
+  write_f32(path("fort.npy"), {2, 3}, {1.0f, 4.0f, 2.0f, 5.0f, 3.0f, 6.0f}, true);
+  const auto r = run("fake-quant -i " + path("fort.npy") + " -o " + path("fort_out.npy") + " --bits 8 --scale 1");
+  INFO(r.output);
+  REQUIRE(r.code == 0);
+  const npy y = read_npy(path("fort_out.npy"));
+  CHECK(y.shape == "(2, 3)");
+  CHECK(y.as<float>() == std::vector<float>{1, 2, 3, 4, 5, 6});
+}
+
+TEST_CASE("bad data in a well-formed file exits with 1") {
+  write_f32(path("nan.npy"), {3}, {1.0f, std::nanf(""), 2.0f});
+  auto r = run("quantize -i " + path("nan.npy") + " -o " + path("nan_q.npy") + " --scale 0.1");
+  CHECK(r.code == 1);
+  CHECK_THAT(r.output, Catch::Contains("NaN"));
+  CHECK_FALSE(exists(path("nan_q.npy")));
+  r = run("quantize -i " + path("nan.npy") + " -o " + path("nan_q.npy") + " --observer minmax");
+  CHECK(r.code == 1);
+  // Three scales for an axis of two channels.
+  write_f32(path("two.npy"), {2, 2}, {1, 2, 3, 4});
+  write_f32(path("three_scales.npy"), {3}, {0.1f, 0.1f, 0.1f});
+  r = run("fake-quant -i " + path("two.npy") + " -o " + path("two_q.npy") + " --axis 0 --scale " +
+          path("three_scales.npy"));
+  CHECK(r.code == 1);
+  CHECK_THAT(r.output, Catch::Contains("channels"));
+  // adaround: X columns do not match W.
+  write_f32(path("aw_bad.npy"), {2, 3}, {1, 2, 3, 4, 5, 6});
+  ::mkdir(path("ar_bad").c_str(), 0755);
+  r = run("adaround -w " + path("aw_bad.npy") + " -x " + path("two.npy") + " -o " + path("ar_bad") + " -q");
+  CHECK(r.code == 1);
+  CHECK_THAT(r.output, Catch::Contains("columns"));
+  CHECK_FALSE(exists(path("ar_bad/report.json")));
+}
+
+TEST_CASE("usage errors exit with 2") {
+  write_f32(path("u.npy"), {2}, {1.0f, 2.0f});
+  const std::string io = " -i " + path("u.npy") + " -o " + path("u_out.npy");
+  for (const std::string& args :
+       {std::string(""), std::string("frobnicate"), "fake-quant" + io, "fake-quant" + io + " --scale 0.1 --observer mse",
+        "fake-quant" + io + " --scale 0.1 --bits 1", "fake-quant" + io + " --scale 0.1 --bits 17",
+        "fake-quant" + io + " --scale abc", "fake-quant" + io + " --scale 0.1 --rounding sideways",
+        "fake-quant" + io + " --scale -1", "fake-quant" + io + " --scale 0.1 --zero-point 3",
+        "fake-quant" + io + " --scale 0.1 --axis 5", "fake-quant" + io + " --scale 0.1 --bogus",
+        "fake-quant -o " + path("u_out.npy") + " --scale 0.1", "quantize" + io + " --scale 0.1 --bits 12 --dtype int8",
+        "lsq-grad --x " + path("u.npy"), "adaround -w " + path("u.npy") + " -x " + path("u.npy") + " -o /nonexistent"}) {
+    std::remove(path("u_out.npy").c_str());
+    const auto r = run(args);
+    INFO(args << "\n" << r.output);
+    CHECK(r.code == 2);
+    CHECK_FALSE(r.output.empty());
+    CHECK_FALSE(exists(path("u_out.npy")));
+  }
+}

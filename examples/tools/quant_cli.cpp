@@ -1,0 +1,635 @@
+// quant — command-line quantization of NumPy .npy files with the quant library.
+//
+//   quant fake-quant  -i x.npy -o y.npy  --bits 4 [--axis 0 | --group 32] (--scale S | --observer mse | --params p.json)
+//   quant quantize    -i x.npy -o q.npy  ... [--scales-out s.npy] [--zero-points-out z.npy] [--encodings e.json]
+//   quant calibrate   -i a.npy [-i b.npy ...] --observer mse --bits 8 [--axis 1] -o params.json
+//   quant lsq-grad    --x x.npy --dy dy.npy --scale S [--zero-point B] --dx dx.npy [-o grads.json]
+//   quant adaround    --weights W.npy --inputs X.npy [--quantized-inputs Xq.npy] --bits 4 --out-dir DIR
+//
+// Exit status: 0 success, 1 bad data (unreadable/malformed .npy, NaN where rejected,
+// shapes that do not fit), 2 usage errors (unknown options, missing or conflicting
+// options, values out of range). Outputs are written under temporary names and renamed
+// only once every output of the command is complete, so a failure leaves no partial file.
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <iostream>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+#include <quant/adaround.hpp>
+#include <quant/lsq.hpp>
+#include <quant/observers.hpp>
+#include <quant/qparams.hpp>
+#include <quant/uniform.hpp>
+#include <xtensor/xadapt.hpp>
+
+#include "../common/npy_io.hpp"
+
+using json = nlohmann::ordered_json;
+
+namespace {
+
+// ---- errors and outputs ------------------------------------------------------------------
+
+struct usage_error : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+struct data_error : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// Collects every output of a command and publishes them together: each file goes to a
+// temporary name first; commit() renames them all. The destructor removes leftovers.
+class output_set {
+ public:
+  ~output_set() {
+    for (const auto& f : files_) std::remove(f.tmp.c_str());
+  }
+  template <class E>
+  void npy(const std::string& path, const xt::xexpression<E>& e) {
+    add(path, xt::dump_npy(e));
+  }
+  void text(const std::string& path, const std::string& s) { add(path, s); }
+  void commit() {
+    for (const auto& f : files_)
+      if (std::rename(f.tmp.c_str(), f.path.c_str()) != 0)
+        throw data_error("cannot rename " + f.tmp + " to " + f.path);
+    files_.clear();
+  }
+
+ private:
+  struct file {
+    std::string path, tmp;
+  };
+  void add(const std::string& path, const std::string& bytes) {
+    for (const auto& f : files_)
+      if (f.path == path) throw usage_error("two outputs are named " + path);
+    const std::string tmp = path + ".tmp-" + std::to_string(::getpid());
+    files_.push_back({path, tmp});
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    if (!out) throw data_error("cannot create " + tmp + " (does the directory exist?)");
+    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    out.flush();
+    if (!out) throw data_error("cannot write " + tmp + " (disk full?)");
+  }
+  std::vector<file> files_;
+};
+
+xt::xarray<float> load_float(const std::string& path) {
+  try {
+    return examples::load_npy_float(path);
+  } catch (const examples::npy_error& e) {
+    throw data_error(e.what());
+  }
+}
+
+std::string json_text(const json& j) { return j.dump(2) + "\n"; }
+
+// ---- shared quantizer options -------------------------------------------------------------
+
+struct grid_options {
+  int bits = 8;
+  bool is_unsigned = false;
+  bool narrow = false;
+  std::string scheme = "symmetric";
+  quant::grid grid() const { return {bits, !is_unsigned, narrow}; }
+  quant::scheme sch() const { return scheme == "symmetric" ? quant::scheme::symmetric : quant::scheme::asymmetric; }
+};
+
+void add_grid_options(CLI::App* c, grid_options& g) {
+  c->add_option("--bits,-b", g.bits, "bit width of the integer grid")->check(CLI::Range(2, 16))->capture_default_str();
+  c->add_flag("--unsigned", g.is_unsigned, "unsigned grid [0, 2^b - 1] (default: signed)");
+  c->add_flag("--narrow", g.narrow, "narrow range: drop the lowest grid value");
+  c->add_option("--scheme", g.scheme, "symmetric (zero point 0) or asymmetric")
+      ->check(CLI::IsMember({"symmetric", "asymmetric"}))
+      ->capture_default_str();
+}
+
+struct param_source {
+  std::optional<std::ptrdiff_t> axis;
+  std::size_t group = 0;
+  std::string scale, zero_point;  // a number or a .npy file
+  std::string observer;           // minmax | mse
+  std::string params_json;        // from `quant calibrate` / `quant quantize --encodings`
+  std::string rounding = "half_to_even";
+  std::uint64_t seed = 0;
+};
+
+void add_param_options(CLI::App* c, param_source& p) {
+  c->add_option("--axis", p.axis, "per-channel (or per-group) axis; negative counts from the end");
+  c->add_option("--group", p.group, "per-group: blocks of this many consecutive elements along --axis")
+      ->check(CLI::PositiveNumber);
+  c->add_option("--scale", p.scale, "explicit scale: a number, or a .npy file with one scale per channel/group");
+  c->add_option("--zero-point", p.zero_point, "explicit zero point(s): a number or a .npy file (default 0)");
+  c->add_option("--observer", p.observer, "derive the parameters from the data: minmax or mse")
+      ->check(CLI::IsMember({"minmax", "mse"}));
+  c->add_option("--params", p.params_json, "parameters from a JSON file written by `quant calibrate`");
+  c->add_option("--rounding", p.rounding,
+                "half_to_even, half_away_from_zero, half_up, floor, ceil, toward_zero or stochastic")
+      ->check(CLI::IsMember({"half_to_even", "half_away_from_zero", "half_up", "floor", "ceil", "toward_zero",
+                             "stochastic"}))
+      ->capture_default_str();
+  c->add_option("--seed", p.seed, "seed of stochastic rounding")->capture_default_str();
+}
+
+bool parse_number(const std::string& s, double& v) {
+  char* end = nullptr;
+  v = std::strtod(s.c_str(), &end);
+  return !s.empty() && end && *end == '\0';
+}
+
+std::vector<float> numbers_or_npy(const std::string& arg, const char* what) {
+  double v = 0.0;
+  if (parse_number(arg, v)) return {static_cast<float>(v)};
+  struct stat st {};
+  if (::stat(arg.c_str(), &st) != 0)
+    throw usage_error(std::string(what) + " '" + arg + "' is neither a number nor an existing .npy file");
+  const xt::xarray<float> a = load_float(arg);
+  return std::vector<float>(a.begin(), a.end());
+}
+
+std::vector<std::int32_t> zero_points_from(const std::vector<float>& z, const char* what) {
+  std::vector<std::int32_t> out;
+  for (float v : z) {
+    if (!(std::isfinite(v) && v == std::floor(v) && std::fabs(v) < 2147483648.0f))
+      throw usage_error(std::string(what) + " must be integers (got " + std::to_string(v) + ")");
+    out.push_back(static_cast<std::int32_t>(v));
+  }
+  return out;
+}
+
+std::string granularity_name(quant::granularity g) {
+  switch (g) {
+    case quant::granularity::per_tensor: return "per_tensor";
+    case quant::granularity::per_channel: return "per_channel";
+    case quant::granularity::per_group: return "per_group";
+  }
+  return "?";
+}
+
+json qparams_json(const quant::qparams& p, quant::scheme s, const std::vector<std::size_t>& shape,
+                  const std::string& rounding) {
+  json j;
+  j["format"] = "quant-encodings";
+  j["version"] = 1;
+  j["bits"] = p.grid().bits;
+  j["signed"] = p.grid().is_signed;
+  j["narrow"] = p.grid().narrow;
+  j["qmin"] = p.qmin();
+  j["qmax"] = p.qmax();
+  j["scheme"] = s == quant::scheme::symmetric ? "symmetric" : "asymmetric";
+  j["granularity"] = granularity_name(p.granularity());
+  if (p.granularity() != quant::granularity::per_tensor) j["axis"] = p.axis();
+  if (p.granularity() == quant::granularity::per_group) j["group_size"] = p.group_size();
+  j["rounding"] = rounding;
+  j["shape"] = shape;
+  j["scales"] = p.scales();
+  j["zero_points"] = p.zero_points();
+  return j;
+}
+
+quant::qparams qparams_from_json(const std::string& path) {
+  std::ifstream f(path);
+  if (!f) throw data_error(path + ": cannot open");
+  json j;
+  try {
+    f >> j;
+    const quant::grid g{j.at("bits").get<int>(), j.at("signed").get<bool>(), j.value("narrow", false)};
+    const auto s = j.at("scales").get<std::vector<float>>();
+    const auto z = j.at("zero_points").get<std::vector<std::int32_t>>();
+    const std::string gran = j.at("granularity").get<std::string>();
+    if (gran == "per_tensor") {
+      if (s.size() != 1 || z.size() != 1) throw data_error(path + ": per_tensor needs one scale and one zero point");
+      return quant::qparams::per_tensor(g, s[0], z[0]);
+    }
+    if (gran == "per_channel") return quant::qparams::per_channel(g, s, z, j.at("axis").get<std::ptrdiff_t>());
+    if (gran == "per_group")
+      return quant::qparams::per_group(g, s, z, j.at("axis").get<std::ptrdiff_t>(), j.at("group_size").get<std::size_t>());
+    throw data_error(path + ": unknown granularity '" + gran + "'");
+  } catch (const json::exception& e) {
+    throw data_error(path + ": not a quant encodings file (" + e.what() + ")");
+  } catch (const quant::error& e) {
+    throw data_error(path + ": " + e.what());
+  }
+}
+
+// Per-group observer: only along the last axis, where the groups of a row-major tensor are
+// the rows of an [n / g, g] view.
+quant::qparams observe_groups(const xt::xarray<float>& x, const grid_options& go, const param_source& ps,
+                              std::size_t axis) {
+  if (axis + 1 != x.dimension())
+    throw usage_error("--observer with --group needs the last axis (--axis -1)");
+  if (x.shape()[axis] % ps.group != 0)
+    throw data_error("--group " + std::to_string(ps.group) + " does not divide axis " + std::to_string(axis) +
+                     " of size " + std::to_string(x.shape()[axis]));
+  const std::size_t rows = x.size() / ps.group;
+  auto view = xt::adapt(x.data(), x.size(), xt::no_ownership(), std::vector<std::size_t>{rows, ps.group});
+  xt::xtensor<float, 2> blocks = view;
+  const quant::qparams per_row = ps.observer == "mse" ? quant::calibrate_mse(blocks, go.grid(), go.sch(), 0)
+                                                      : quant::calibrate_minmax(blocks, go.grid(), go.sch(), 0);
+  return quant::qparams::per_group(go.grid(), per_row.scales(), per_row.zero_points(), *ps.axis, ps.group);
+}
+
+// The qparams of fake-quant / quantize from exactly one source.
+quant::qparams resolve_params(const xt::xarray<float>& x, const grid_options& go, const param_source& ps) {
+  const int sources = !ps.scale.empty() + !ps.observer.empty() + !ps.params_json.empty();
+  if (sources != 1) throw usage_error("give exactly one of --scale, --observer, --params");
+  if (!ps.zero_point.empty() && ps.scale.empty()) throw usage_error("--zero-point goes with --scale");
+  if (ps.group && !ps.axis) throw usage_error("--group needs --axis (e.g. --axis -1)");
+  if (!ps.params_json.empty()) return qparams_from_json(ps.params_json);
+  std::size_t axis = 0;
+  if (ps.axis) {
+    if (x.dimension() == 0) throw data_error("--axis given but the input is a scalar");
+    const auto nd = static_cast<std::ptrdiff_t>(x.dimension());
+    if (*ps.axis < -nd || *ps.axis >= nd)
+      throw usage_error("--axis " + std::to_string(*ps.axis) + " is out of range for an array of " +
+                        std::to_string(nd) + " dimensions");
+    axis = static_cast<std::size_t>(*ps.axis < 0 ? *ps.axis + nd : *ps.axis);
+  }
+  if (!ps.observer.empty()) {
+    if (ps.group) return observe_groups(x, go, ps, axis);
+    if (ps.observer == "mse") return quant::calibrate_mse(x, go.grid(), go.sch(), ps.axis);
+    return quant::calibrate_minmax(x, go.grid(), go.sch(), ps.axis);
+  }
+  const std::vector<float> s = numbers_or_npy(ps.scale, "--scale");
+  std::vector<std::int32_t> z(s.size(), 0);
+  if (!ps.zero_point.empty()) {
+    z = zero_points_from(numbers_or_npy(ps.zero_point, "--zero-point"), "--zero-point");
+    if (z.size() == 1 && s.size() > 1) z.assign(s.size(), z[0]);
+  }
+  if (go.sch() == quant::scheme::symmetric)
+    for (auto v : z)
+      if (v != 0) throw usage_error("--scheme symmetric needs zero points of 0 (use --scheme asymmetric)");
+  if (ps.group) return quant::qparams::per_group(go.grid(), s, z, *ps.axis, ps.group);
+  if (ps.axis) return quant::qparams::per_channel(go.grid(), s, z, *ps.axis);
+  if (s.size() != 1 || z.size() != 1) throw usage_error("per-tensor quantization takes one scale and one zero point");
+  return quant::qparams::per_tensor(go.grid(), s[0], z[0]);
+}
+
+// Runs f(Round{...}) with the rounding policy named on the command line.
+template <class F>
+auto with_rounding(const param_source& ps, F&& f) {
+  if (ps.rounding == "half_away_from_zero") return f(quant::round_half_away_from_zero{});
+  if (ps.rounding == "half_up") return f(quant::round_half_up{});
+  if (ps.rounding == "floor") return f(quant::round_floor{});
+  if (ps.rounding == "ceil") return f(quant::round_ceil{});
+  if (ps.rounding == "toward_zero") return f(quant::round_toward_zero{});
+  if (ps.rounding == "stochastic") return f(quant::round_stochastic{ps.seed});
+  return f(quant::round_half_to_even{});
+}
+
+std::vector<std::size_t> shape_of(const xt::xarray<float>& x) { return {x.shape().begin(), x.shape().end()}; }
+
+xt::xarray<float> to_array(const std::vector<float>& v) {
+  return xt::adapt(v, std::vector<std::size_t>{v.size()});
+}
+xt::xarray<std::int32_t> to_array(const std::vector<std::int32_t>& v) {
+  return xt::adapt(v, std::vector<std::size_t>{v.size()});
+}
+
+// ---- subcommands -----------------------------------------------------------------------------
+
+struct fq_cmd {
+  std::string input, output;
+  grid_options grid;
+  param_source params;
+  std::string encodings;
+};
+
+int run_fake_quant(const fq_cmd& c) {
+  const xt::xarray<float> x = load_float(c.input);
+  const quant::qparams p = resolve_params(x, c.grid, c.params);
+  output_set out;
+  with_rounding(c.params, [&](auto round) {
+    xt::xarray<float> y;
+    quant::eager::fake_quantize<decltype(round)>(x, p, y, round);
+    out.npy(c.output, y);
+    return 0;
+  });
+  if (!c.encodings.empty()) out.text(c.encodings, json_text(qparams_json(p, c.grid.sch(), shape_of(x), c.params.rounding)));
+  out.commit();
+  return 0;
+}
+
+struct quantize_cmd : fq_cmd {
+  std::string dtype = "auto";
+  std::string scales_out, zero_points_out;
+};
+
+std::string auto_dtype(const quant::grid& g) {
+  if (g.qmin() >= -128 && g.qmax() <= 127) return "int8";
+  if (g.qmin() >= 0 && g.qmax() <= 255) return "uint8";
+  if (g.qmin() >= -32768 && g.qmax() <= 32767) return "int16";
+  return "int32";
+}
+
+int run_quantize(const quantize_cmd& c) {
+  const xt::xarray<float> x = load_float(c.input);
+  const quant::qparams p = resolve_params(x, c.grid, c.params);
+  const std::string dtype = c.dtype == "auto" ? auto_dtype(p.grid()) : c.dtype;
+  output_set out;
+  with_rounding(c.params, [&](auto round) {
+    using R = decltype(round);
+    if (dtype == "int8") out.npy(c.output, quant::eager::quantize<std::int8_t, R>(x, p, round));
+    else if (dtype == "uint8") out.npy(c.output, quant::eager::quantize<std::uint8_t, R>(x, p, round));
+    else if (dtype == "int16") out.npy(c.output, quant::eager::quantize<std::int16_t, R>(x, p, round));
+    else if (dtype == "int32") out.npy(c.output, quant::eager::quantize<std::int32_t, R>(x, p, round));
+    else {  // float32 holding the integers (exact up to 2^24)
+      const xt::xarray<std::int32_t> q = quant::eager::quantize<std::int32_t, R>(x, p, round);
+      out.npy(c.output, xt::xarray<float>(xt::cast<float>(q)));
+    }
+    return 0;
+  });
+  if (!c.scales_out.empty()) out.npy(c.scales_out, to_array(p.scales()));
+  if (!c.zero_points_out.empty()) out.npy(c.zero_points_out, to_array(p.zero_points()));
+  json j = qparams_json(p, c.grid.sch(), shape_of(x), c.params.rounding);
+  j["dtype"] = dtype;
+  if (!c.encodings.empty()) out.text(c.encodings, json_text(j));
+  out.commit();
+  return 0;
+}
+
+struct calibrate_cmd {
+  std::vector<std::string> inputs;
+  std::string output, scales_out, zero_points_out;
+  grid_options grid;
+  std::optional<std::ptrdiff_t> axis;
+  std::string observer = "minmax";
+};
+
+int run_calibrate(const calibrate_cmd& c) {
+  std::optional<quant::minmax_observer> mm;
+  std::optional<quant::mse_observer> ms;
+  if (c.observer == "mse") ms.emplace(c.axis);
+  else mm.emplace(c.axis);
+  std::vector<std::size_t> shape;
+  for (const auto& path : c.inputs) {
+    const xt::xarray<float> x = load_float(path);
+    if (c.axis && x.dimension() == 0) throw data_error(path + ": --axis given but the array is a scalar");
+    try {
+      if (ms) ms->update(x);
+      else mm->update(x);
+    } catch (const quant::error& e) {
+      throw data_error(path + ": " + e.what());
+    }
+    shape = shape_of(x);
+  }
+  const quant::qparams p = ms ? ms->compute(c.grid.grid(), c.grid.sch()) : mm->compute(c.grid.grid(), c.grid.sch());
+  json j = qparams_json(p, c.grid.sch(), shape, "half_to_even");
+  j.erase("shape");
+  j.erase("rounding");
+  j["observer"] = c.observer;
+  j["inputs"] = c.inputs;
+  output_set out;
+  out.text(c.output, json_text(j));
+  if (!c.scales_out.empty()) out.npy(c.scales_out, to_array(p.scales()));
+  if (!c.zero_points_out.empty()) out.npy(c.zero_points_out, to_array(p.zero_points()));
+  out.commit();
+  return 0;
+}
+
+struct lsq_cmd {
+  std::string x, dy, scale, zero_point, dx_out, json_out, dscale_out, dzero_point_out;
+  grid_options grid;
+  std::optional<std::ptrdiff_t> axis;
+  bool no_gradient_scaling = false;
+  std::size_t elements_per_scale = 0;
+  std::string convention = "paper";
+};
+
+int run_lsq_grad(const lsq_cmd& c) {
+  const xt::xarray<float> x = load_float(c.x), dy = load_float(c.dy);
+  if (x.shape() != dy.shape())
+    throw data_error("x " + quant::detail::shape_string(x.shape()) + " and dy " +
+                     quant::detail::shape_string(dy.shape()) + " have different shapes");
+  quant::lsq_params p;
+  p.grid = c.grid.grid();
+  p.scale = numbers_or_npy(c.scale, "--scale");
+  if (!c.zero_point.empty()) {
+    p.offset = numbers_or_npy(c.zero_point, "--zero-point");
+    if (p.offset.size() == 1 && p.scale.size() > 1) p.offset.assign(p.scale.size(), p.offset[0]);
+  }
+  p.channel_axis = c.axis;
+  p.gradient_scaling = !c.no_gradient_scaling;
+  p.elements_per_scale = c.elements_per_scale;
+  p.convention = c.convention == "pytorch" ? quant::lsq_convention::pytorch : quant::lsq_convention::paper;
+  xt::xarray<float> dx;
+  const quant::lsq_param_gradients g = quant::eager::lsq_backward(x, dy, p, dx);
+  output_set out;
+  out.npy(c.dx_out, dx);
+  if (!c.dscale_out.empty()) out.npy(c.dscale_out, to_array(g.dscale));
+  if (!c.dzero_point_out.empty()) {
+    if (g.doffset.empty()) throw usage_error("--dzero-point-out needs --zero-point (LSQ+)");
+    out.npy(c.dzero_point_out, to_array(g.doffset));
+  }
+  if (!c.json_out.empty()) {
+    json j;
+    j["convention"] = c.convention;
+    j["bits"] = p.grid.bits;
+    j["signed"] = p.grid.is_signed;
+    j["gradient_scale"] = quant::lsq_gradient_scale(p, x.size());
+    j["dscale"] = g.dscale;
+    if (!g.doffset.empty()) j["dzero_point"] = g.doffset;
+    out.text(c.json_out, json_text(j));
+  }
+  out.commit();
+  return 0;
+}
+
+struct adaround_cmd {
+  std::string weights, inputs, quantized_inputs, bias, out_dir;
+  grid_options grid;
+  std::string observer = "mse";
+  std::size_t iterations = 2000, batch = 32;
+  float lambda = 0.01f, learning_rate = 1e-3f;
+  std::uint64_t seed = 0;
+  bool relu = false, quiet = false;
+};
+
+xt::xtensor<float, 2> as_matrix(const xt::xarray<float>& a, const std::string& name) {
+  if (a.dimension() != 2)
+    throw data_error(name + " must be a 2-D array, got shape " + quant::detail::shape_string(a.shape()));
+  return a;
+}
+
+int run_adaround(const adaround_cmd& c) {
+  const xt::xtensor<float, 2> W = as_matrix(load_float(c.weights), c.weights);
+  const xt::xtensor<float, 2> X = as_matrix(load_float(c.inputs), c.inputs);
+  if (X.shape()[1] != W.shape()[1])
+    throw data_error("inputs have " + std::to_string(X.shape()[1]) + " columns but the weights have " +
+                     std::to_string(W.shape()[1]) + " inputs (W is [out, in], X is [samples, in])");
+  std::optional<xt::xtensor<float, 2>> Xq;
+  if (!c.quantized_inputs.empty()) {
+    Xq = as_matrix(load_float(c.quantized_inputs), c.quantized_inputs);
+    if (Xq->shape() != X.shape()) throw data_error("--quantized-inputs must have the shape of --inputs");
+  }
+  std::optional<xt::xtensor<float, 1>> b;
+  if (!c.bias.empty()) {
+    const xt::xarray<float> a = load_float(c.bias);
+    if (a.dimension() != 1 || a.shape()[0] != W.shape()[0])
+      throw data_error("--bias must be a 1-D array of " + std::to_string(W.shape()[0]) + " values");
+    b = a;
+  }
+  const quant::qparams wq = c.observer == "mse" ? quant::calibrate_mse(W, c.grid.grid(), c.grid.sch(), 0)
+                                                : quant::calibrate_minmax(W, c.grid.grid(), c.grid.sch(), 0);
+  quant::adaround_options o;
+  o.iterations = c.iterations;
+  o.batch_size = c.batch;
+  o.lambda = c.lambda;
+  o.learning_rate = c.learning_rate;
+  o.seed = c.seed;
+  o.act = c.relu ? quant::activation::relu : quant::activation::identity;
+  if (!c.quiet) o.progress = quant::adaround_progress_printer(std::cerr, "adaround", isatty(STDERR_FILENO) != 0);
+  const quant::adaround_result r =
+      quant::adaround_layer(W, X, wq, o, Xq ? &*Xq : nullptr, b ? &*b : nullptr);
+  output_set out;
+  const std::string d = c.out_dir + "/";
+  out.npy(d + "integer_weights.npy", r.integer_weights);
+  out.npy(d + "scales.npy", to_array(r.qparams.scales()));
+  out.npy(d + "zero_points.npy", to_array(r.qparams.zero_points()));
+  out.npy(d + "weights.npy", r.weights);
+  json j = qparams_json(r.qparams, c.grid.sch(), {W.shape()[0], W.shape()[1]}, "adaround");
+  j["observer"] = c.observer;
+  j["iterations"] = r.report.iterations;
+  j["seed"] = c.seed;
+  j["activation"] = c.relu ? "relu" : "identity";
+  j["reconstruction_error"] = {{"round_to_nearest", r.report.rtn_error},
+                               {"adaround", r.report.adaround_error},
+                               {"ratio", r.report.rtn_error > 0 ? r.report.adaround_error / r.report.rtn_error : 1.0}};
+  j["flipped_fraction"] = r.report.flipped_fraction;
+  j["non_binary_fraction"] = r.report.non_binary_fraction;
+  out.text(d + "report.json", json_text(j));
+  out.commit();
+  std::printf("adaround: reconstruction error %.6g (round-to-nearest %.6g), %.2f%% of weights flipped\n",
+              r.report.adaround_error, r.report.rtn_error, 100.0 * r.report.flipped_fraction);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"quant: quantize NumPy .npy files (float32/float64 in) with the quant library.\n"
+               "Exit status: 0 success, 1 bad data, 2 usage error."};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", std::to_string(quant::version.major) + "." + std::to_string(quant::version.minor) +
+                                        "." + std::to_string(quant::version.patch));
+
+  fq_cmd fq;
+  auto* fq_app = app.add_subcommand("fake-quant", "fake-quantize (quantize + dequantize) a float array");
+  fq_app->add_option("-i,--input", fq.input, "input .npy (float32 or float64)")->required();
+  fq_app->add_option("-o,--output", fq.output, "output .npy (float32)")->required();
+  add_grid_options(fq_app, fq.grid);
+  add_param_options(fq_app, fq.params);
+  fq_app->add_option("--encodings", fq.encodings, "also write the parameters used as JSON");
+
+  quantize_cmd qz;
+  auto* qz_app = app.add_subcommand("quantize", "quantize a float array to integers, with scales/zero points and JSON");
+  qz_app->add_option("-i,--input", qz.input, "input .npy (float32 or float64)")->required();
+  qz_app->add_option("-o,--output", qz.output, "output .npy of integers")->required();
+  add_grid_options(qz_app, qz.grid);
+  add_param_options(qz_app, qz.params);
+  qz_app->add_option("--dtype", qz.dtype, "output type: auto (smallest that fits), int8, uint8, int16, int32, float32")
+      ->check(CLI::IsMember({"auto", "int8", "uint8", "int16", "int32", "float32"}))
+      ->capture_default_str();
+  qz_app->add_option("--scales-out", qz.scales_out, "write the scales (.npy, float32)");
+  qz_app->add_option("--zero-points-out", qz.zero_points_out, "write the zero points (.npy, int32)");
+  qz_app->add_option("--encodings", qz.encodings, "write bits, scheme, axis, scales and zero points as JSON");
+
+  calibrate_cmd cal;
+  auto* cal_app = app.add_subcommand("calibrate", "run an observer over one or more arrays and write the parameters");
+  cal_app->add_option("-i,--input", cal.inputs, "input .npy files (same shape except along the batch)")->required();
+  cal_app->add_option("-o,--output", cal.output, "output JSON (usable as `--params` of fake-quant/quantize)")
+      ->required();
+  add_grid_options(cal_app, cal.grid);
+  cal_app->add_option("--axis", cal.axis, "per-channel axis (default: per tensor)");
+  cal_app->add_option("--observer", cal.observer, "minmax or mse")
+      ->check(CLI::IsMember({"minmax", "mse"}))
+      ->capture_default_str();
+  cal_app->add_option("--scales-out", cal.scales_out, "also write the scales as .npy");
+  cal_app->add_option("--zero-points-out", cal.zero_points_out, "also write the zero points as .npy");
+
+  lsq_cmd lsq;
+  auto* lsq_app = app.add_subcommand("lsq-grad", "LSQ / LSQ+ backward: dx, dscale (and d zero point) from x, dy");
+  lsq_app->add_option("--x", lsq.x, "input x (.npy)")->required();
+  lsq_app->add_option("--dy", lsq.dy, "upstream gradient dL/dx_hat (.npy, same shape)")->required();
+  lsq_app->add_option("--scale", lsq.scale, "step size: a number or a .npy with one per channel")->required();
+  lsq_app->add_option("--zero-point", lsq.zero_point,
+                      "LSQ+ offset (paper) or float zero point (pytorch): number or .npy; omit for LSQ");
+  lsq_app->add_option("--dx", lsq.dx_out, "output dL/dx (.npy)")->required();
+  lsq_app->add_option("-o,--output", lsq.json_out, "write dscale / dzero_point as JSON");
+  lsq_app->add_option("--dscale-out", lsq.dscale_out, "write dscale as .npy");
+  lsq_app->add_option("--dzero-point-out", lsq.dzero_point_out, "write d zero point as .npy");
+  lsq_app->add_option("--bits,-b", lsq.grid.bits, "bit width")->check(CLI::Range(2, 16))->capture_default_str();
+  lsq_app->add_flag("--unsigned", lsq.grid.is_unsigned, "unsigned grid");
+  lsq_app->add_flag("--narrow", lsq.grid.narrow, "narrow range");
+  lsq_app->add_option("--axis", lsq.axis, "per-channel axis (default: per tensor)");
+  lsq_app->add_flag("--no-gradient-scaling", lsq.no_gradient_scaling, "do not multiply by g = 1/sqrt(N qmax)");
+  lsq_app->add_option("--elements-per-scale", lsq.elements_per_scale, "N of the gradient scale (default: all)");
+  lsq_app->add_option("--convention", lsq.convention, "paper (LSQ/LSQ+) or pytorch (_fake_quantize_learnable_*)")
+      ->check(CLI::IsMember({"paper", "pytorch"}))
+      ->capture_default_str();
+
+  adaround_cmd ar;
+  auto* ar_app = app.add_subcommand("adaround", "AdaRound one layer: learn up/down rounding of W [out, in]");
+  ar_app->add_option("--weights,-w", ar.weights, "W [out, in] (.npy)")->required();
+  ar_app->add_option("--inputs,-x", ar.inputs, "calibration inputs X [samples, in] in the FP model (.npy)")->required();
+  ar_app->add_option("--quantized-inputs", ar.quantized_inputs, "the same inputs in the quantized model (.npy)");
+  ar_app->add_option("--bias", ar.bias, "bias [out] (.npy)");
+  ar_app->add_option("--out-dir,-o", ar.out_dir,
+                     "writes integer_weights.npy, scales.npy, zero_points.npy, weights.npy, report.json")
+      ->required()
+      ->check(CLI::ExistingDirectory);
+  add_grid_options(ar_app, ar.grid);
+  ar_app->add_option("--observer", ar.observer, "per-channel scales from minmax or mse")
+      ->check(CLI::IsMember({"minmax", "mse"}))
+      ->capture_default_str();
+  ar_app->add_option("--iterations", ar.iterations, "optimisation steps")
+      ->check(CLI::Range(std::size_t(1), std::size_t(10000000)))
+      ->capture_default_str();
+  ar_app->add_option("--batch", ar.batch, "rows of X per step")->check(CLI::PositiveNumber)->capture_default_str();
+  ar_app->add_option("--lambda", ar.lambda, "regularizer weight")->check(CLI::NonNegativeNumber)->capture_default_str();
+  ar_app->add_option("--lr", ar.learning_rate, "Adam learning rate")->check(CLI::PositiveNumber)->capture_default_str();
+  ar_app->add_option("--seed", ar.seed, "mini-batch sampling seed")->capture_default_str();
+  ar_app->add_flag("--relu", ar.relu, "the layer is followed by a ReLU (reconstruct after it)");
+  ar_app->add_flag("--quiet,-q", ar.quiet, "no progress line");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    app.exit(e);  // prints the message
+    return 2;
+  }
+
+  try {
+    if (fq_app->parsed()) return run_fake_quant(fq);
+    if (qz_app->parsed()) return run_quantize(qz);
+    if (cal_app->parsed()) return run_calibrate(cal);
+    if (lsq_app->parsed()) return run_lsq_grad(lsq);
+    if (ar_app->parsed()) return run_adaround(ar);
+  } catch (const usage_error& e) {
+    std::fprintf(stderr, "quant: %s\nRun with --help for more information.\n", e.what());
+    return 2;
+  } catch (const quant::invalid_argument& e) {
+    std::fprintf(stderr, "quant: %s\n", e.what());
+    return 2;
+  } catch (const std::exception& e) {  // data errors, quant::domain_error / length_error, I/O
+    std::fprintf(stderr, "quant: %s\n", e.what());
+    return 1;
+  }
+  return 2;
+}
