@@ -1,0 +1,25 @@
+// quant/quant.hpp — convenience umbrella: every public header of quant.
+//
+// For users only; quant's own headers never include it. Parsing all of it (with
+// xtensor-blas for the GEMM-based algorithms) costs a few seconds per translation unit:
+// include the one-concept headers you use instead where build time matters.
+// Headers marked [BLAS] need the quant::blas CMake target (xtensor-blas + a BLAS).
+#pragma once
+
+#include "config.hpp"
+#include "error.hpp"
+#include "qparams.hpp"
+#include "rounding.hpp"
+#include "uniform.hpp"         // quantize / dequantize / fake_quantize
+#include "ste.hpp"             // straight-through backward
+#include "observers.hpp"       // range setting
+#include "lsq.hpp"             // LSQ / LSQ+
+#include "export.hpp"          // integer export, packed int4
+#include "optim.hpp"           // Adam, SGD
+#include "kurtosis.hpp"        // KURE
+#include "quant_noise.hpp"     // Quant-Noise
+#include "kmeans.hpp"          // k-means [BLAS]
+#include "pq.hpp"              // product quantization, iPQ [BLAS]
+#include "im2col.hpp"          // conv lowering
+#include "adaround.hpp"        // AdaRound [BLAS]
+#include "reconstruction.hpp"  // BRECQ / QDrop [BLAS]
