@@ -34,6 +34,9 @@ struct demo_options {
   bool retrain = false;
   bool no_cnn = false;
   std::uint64_t seed = 1;
+  int threads = 1;
+  std::size_t iterations = 0, qat_steps = 0;
+  std::vector<std::string> only;
 };
 
 network trained_network(const std::string& name, const std::vector<layer_spec>& specs, const train_config& cfg,
@@ -66,10 +69,17 @@ int main(int argc, char** argv) {
   app.add_flag("--retrain", o.retrain, "ignore the FP32 cache");
   app.add_flag("--no-cnn", o.no_cnn, "skip the CNN");
   app.add_option("--seed", o.seed, "seed of initialisation, shuffling and every random method")->capture_default_str();
+  app.add_option("--threads", o.threads,
+                 "threads of quant's kernels (0 = OpenMP default); BLAS always runs on one, see network.hpp")
+      ->capture_default_str();
+  app.add_option("--iterations", o.iterations, "override the AdaRound / QDrop iterations per layer");
+  app.add_option("--qat-steps", o.qat_steps, "override the LSQ / LSQ+ fine-tuning steps (batches of 128)");
+  app.add_option("--only", o.only, "run only the rows whose method contains one of these strings (FP32 always runs)");
   CLI11_PARSE(app, argc, argv);
 
   try {
     use_single_threaded_blas();
+    quant::set_num_threads(o.threads);
     ::mkdir(o.cache_dir.c_str(), 0755);
     ::mkdir(o.out_dir.c_str(), 0755);
     const auto t_start = std::chrono::steady_clock::now();
@@ -78,7 +88,9 @@ int main(int argc, char** argv) {
     const split_tensors train_set = to_tensors(raw.train), test_set = to_tensors(raw.test);
     const split_tensors calib = calibration_subset(train_set, 1024, o.seed);
 
-    const method_budget budget = o.quick ? method_budget::quick() : method_budget::full();
+    method_budget budget = o.quick ? method_budget::quick() : method_budget::full();
+    if (o.iterations) budget.adaround_iterations = budget.qdrop_iterations = o.iterations;
+    if (o.qat_steps) budget.qat_steps = o.qat_steps;
     std::vector<result_row> rows;
     struct model_job {
       std::string name;
@@ -100,9 +112,11 @@ int main(int argc, char** argv) {
       double train_seconds = 0.0;
       const network net = trained_network(job.name, job.specs, job.cfg, train_set, o, train_seconds);
       const model_context ctx{net, train_set, calib, test_set, budget, o.seed};
-      for (const auto& def : row_registry(o.quick)) {
+      for (const auto& def : row_registry()) {
         if (!def.applies_to(job.name)) continue;
         const auto t0 = std::chrono::steady_clock::now();
+        if (!o.only.empty() && !def.matches(o.only)) continue;
+        if (o.quick && !def.quick) continue;
         result_row r = def.run(ctx);
         r.model = job.name;
         r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
