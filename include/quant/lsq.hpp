@@ -66,6 +66,7 @@
 #include "detail/affine_body.hpp"
 #include "detail/affine_run.hpp"
 #include "detail/contiguous.hpp"
+#include "detail/golden_section.hpp"
 #include "detail/parallel.hpp"
 #include "detail/segments.hpp"
 #include "error.hpp"
@@ -774,31 +775,15 @@ lsq_scale_offset lsq_plus_init_mse(const xt::xexpression<E>& x, grid g, int refi
     }
   // golden-section on one coordinate, the other fixed; keeps the best point seen
   auto golden = [&](auto&& point, double a, double b) {
-    const double r = 0.6180339887498949;
-    double c = b - r * (b - a), e = a + r * (b - a);
-    auto err = [&](double t) {
-      const lsq_scale_offset p = point(t);
-      if (!(p.scale >= FLT_EPSILON)) return std::numeric_limits<double>::infinity();
-      const double v = detail::lsq_squared_error(d, n, p.scale, p.offset, qmin, qmax);
-      consider(p.scale, p.offset);
-      return v;
-    };
-    double fc = err(c), fe = err(e);
-    for (int it = 0; it < 40; ++it) {
-      if (fc <= fe) {
-        b = e;
-        e = c;
-        fe = fc;
-        c = b - r * (b - a);
-        fc = err(c);
-      } else {
-        a = c;
-        c = e;
-        fc = fe;
-        e = a + r * (b - a);
-        fe = err(e);
-      }
-    }
+    detail::golden_section_search(
+        [&](double t) {
+          const lsq_scale_offset p = point(t);
+          if (!(p.scale >= FLT_EPSILON)) return std::numeric_limits<double>::infinity();
+          const double v = detail::lsq_squared_error(d, n, p.scale, p.offset, qmin, qmax);
+          consider(p.scale, p.offset);
+          return v;
+        },
+        a, b, 42);
   };
   for (int round = 0; round < refinements; ++round) {
     const lsq_scale_offset at = best;

@@ -35,6 +35,7 @@
 
 #include "../detail/affine_body.hpp"
 #include "../detail/contiguous.hpp"
+#include "../detail/golden_section.hpp"
 #include "../detail/parallel.hpp"
 #include "../qparams.hpp"
 #include "../rounding.hpp"
@@ -180,32 +181,13 @@ lp_search_result lp_search_impl(const float* x, std::size_t n, float min_val, fl
   // golden section on the bracket around the best grid point
   double a = static_cast<double>(kbest - 1) / static_cast<double>(K);
   double b = static_cast<double>(std::min(kbest + 1, K)) / static_cast<double>(K);
-  const double invphi = 0.6180339887498949;
   auto eval = [&](double alpha) {
     const scale_zero_point sz = params_at(alpha);
     const double e = error_at(sz);
     if (e < best.error) best = {sz, static_cast<float>(alpha), e};
     return e;
   };
-  if (opt.refinement_iterations > 0 && b > a) {
-    double c = b - invphi * (b - a), d = a + invphi * (b - a);
-    double fc = eval(c), fd = eval(d);
-    for (std::size_t it = 2; it < opt.refinement_iterations; ++it) {
-      if (fc <= fd) {
-        b = d;
-        d = c;
-        fd = fc;
-        c = b - invphi * (b - a);
-        fc = eval(c);
-      } else {
-        a = c;
-        c = d;
-        fc = fd;
-        d = a + invphi * (b - a);
-        fd = eval(d);
-      }
-    }
-  }
+  if (opt.refinement_iterations > 0) detail::golden_section_search(eval, a, b, opt.refinement_iterations);
   return best;
 }
 
