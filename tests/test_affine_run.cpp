@@ -156,3 +156,14 @@ TEST_CASE("eager fake-quant reads views and adaptors in place and handles overla
   REQUIRE(buf.size() == n);
   require_bitwise_equal(buf, want, n, "view into the output");
 }
+
+TEST_CASE("lazy entry points reject per-group parameters and name the eager form", "[uniform][errors]") {
+  const xt::xarray<float> x = xt::zeros<float>({4, 8});
+  const qparams pg = qparams::per_group(grid::int_signed(8), std::vector<float>(8, 0.1f),
+                                        std::vector<std::int32_t>(8, 0), 1, 4);
+  CHECK_THROWS_AS(fake_quantize(x, pg), quant::invalid_argument);
+  CHECK_THROWS_WITH(fake_quantize(x, pg), Catch::Contains("granularity") && Catch::Contains("quant::eager::"));
+  CHECK_THROWS_AS(quantize<std::int8_t>(x, pg), quant::invalid_argument);
+  // the eager form takes them
+  CHECK(eager::fake_quantize(x, pg).size() == x.size());
+}

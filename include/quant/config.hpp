@@ -14,9 +14,13 @@
 #if defined(__GNUC__) || defined(__clang__)
 #define QUANT_ALWAYS_INLINE inline __attribute__((always_inline))
 #define QUANT_RESTRICT __restrict__
+// After a lambda's parameter list: kernels pass their bodies as lambdas, which GCC
+// otherwise may leave as a call per run of a few elements.
+#define QUANT_INLINE_LAMBDA __attribute__((always_inline))
 #else
 #define QUANT_ALWAYS_INLINE inline
 #define QUANT_RESTRICT
+#define QUANT_INLINE_LAMBDA
 #endif
 
 namespace quant {

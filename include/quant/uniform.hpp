@@ -13,15 +13,25 @@
 //  * lazy (namespace quant): an xtensor expression that composes with any other,
 //    `quant::fake_quantize(w * a + b, p)` evaluates w * a + b element by element inside
 //    the quantizer, no temporary. The per-tensor functor vectorizes when the application
-//    defines XTENSOR_USE_XSIMD. Per-channel parameters broadcast along the axis.
+//    defines XTENSOR_USE_XSIMD (about copy speed from 2^20 floats). Per-channel parameters
+//    broadcast along the axis: xtensor 0.24 then walks every operand with a stepper,
+//    ~15-40 ns per element here, two orders of magnitude behind the eager kernel.
 //  * eager (namespace quant::eager): fused kernels over contiguous memory, SIMD through
 //    xsimd whatever the xtensor configuration, threaded with OpenMP when available, and
 //    the only form that offers per-group parameters and stochastic rounding.
+// Why no lazy per-group: an xtensor functor sees values, never indices, so per-group
+// parameters would have to arrive as operands broadcast to the full shape along every
+// axis but the grouped one. xtensor 0.24's lazy xt::repeat does not compose with such
+// broadcasts (its stepper rejects a fixed-rank shape), and a materialized expansion is
+// three tensors the size of the input; either would also be the stepper path above. The
+// lazy entry points therefore reject per-group parameters with quant::invalid_argument
+// and point to quant::eager::.
 // NaN: fake-quant passes it through; integer quantize rejects it (quant::domain_error).
 #pragma once
 
 #include <cstddef>
 #include <atomic>
+#include <cassert>
 #include <cstdint>
 #include <limits>
 #include <type_traits>
@@ -141,8 +151,8 @@ struct channel_operands {
 inline channel_operands make_channel_operands(const qparams& p, std::size_t ndim, const char* function) {
   if (p.granularity() == granularity::per_group)
     fail<invalid_argument>(function, "granularity", "per_group",
-                           "lazy expressions take per-tensor or per-channel parameters; use quant::eager:: for "
-                           "per-group");
+                           "lazy expressions take per-tensor or per-channel parameters (see uniform.hpp); use "
+                           "quant::eager:: for per-group");
   std::vector<std::size_t> shape;
   if (p.granularity() == granularity::per_channel) {
     const std::size_t ax = wrap_axis(p.axis(), ndim, function);
@@ -243,25 +253,27 @@ namespace kernels {
 
 // y = fake_quantize(x) over a whole plan; y may equal x (in place). `round` carries the
 // seed for stochastic rounding; element indices are flat tensor indices. qmin, qmax: the
-// grid of the qparams the plan was made from.
+// grid of the qparams the plan was made from (the plan's tables carry it).
 template <class Arch = simd::default_arch, class Round = round_half_to_even, class Convention = pytorch_convention>
-void fake_quantize(const float* x, float* y, const detail::segment_plan& plan, float qmin, float qmax,
-                   const Round& round = {}) noexcept {
+void fake_quantize(const float* x, float* y, const detail::segment_plan& plan, [[maybe_unused]] float qmin,
+                   [[maybe_unused]] float qmax, const Round& round = {}) noexcept {
+  assert(qmin == plan.qmin && qmax == plan.qmax);
   auto chunk = [&](auto stream, std::size_t begin, std::size_t end) {
     constexpr bool Stream = decltype(stream)::value;
-    detail::for_each_run(plan, begin, end, [&](std::size_t e0, std::size_t len, std::size_t po) {
+    detail::for_each_run(plan, begin, end, [&](std::size_t e0, std::size_t len, std::size_t po) QUANT_INLINE_LAMBDA {
       const float* xs = x + e0;
       float* ys = y + e0;
       detail::bounded_run<Arch>(
-          plan, len, po, qmin, qmax,
-          [&](std::size_t i, const auto& a) {
+          plan, len, po,
+          [&](std::size_t i, const auto& a) QUANT_INLINE_LAMBDA {
             using P = std::decay_t<decltype(a.scale)>;
             using A = simd::arch_of<P>;
             const P v = detail::fake_quant_value<Round, Convention>(simd::load<A>(xs + i), a,
                                                                     detail::indexed_rounder<A, Round>{round, e0 + i});
-            if constexpr (Stream && detail::can_stream<P>::value)
+            if constexpr (Stream && detail::can_stream<P>::value) {
+              detail::prefetch_ahead(xs + i);
               detail::stream_store(ys + i, v);
-            else
+            } else
               simd::store(ys + i, v);
           },
           Stream ? ys : nullptr);
@@ -278,21 +290,22 @@ void fake_quantize(const float* x, float* y, const detail::segment_plan& plan, f
 // unspecified; the callers throw).
 template <class Int, class Arch = simd::default_arch, class Round = round_half_to_even,
           class Convention = pytorch_convention>
-std::size_t quantize(const float* x, Int* q, const detail::segment_plan& plan, float qmin, float qmax,
-                     const Round& round = {}) noexcept {
+std::size_t quantize(const float* x, Int* q, const detail::segment_plan& plan, [[maybe_unused]] float qmin,
+                     [[maybe_unused]] float qmax, const Round& round = {}) noexcept {
+  assert(qmin == plan.qmin && qmax == plan.qmax);
   std::atomic<std::size_t> nan_total{0};  // an integer count: any order of additions is exact
   detail::for_each_chunk(plan, [&](std::size_t begin, std::size_t end) {
     std::size_t nans = 0;
-    detail::for_each_run(plan, begin, end, [&](std::size_t e0, std::size_t len, std::size_t po) {
+    detail::for_each_run(plan, begin, end, [&](std::size_t e0, std::size_t len, std::size_t po) QUANT_INLINE_LAMBDA {
       const float* xs = x + e0;
       Int* qs = q + e0;
-      detail::bounded_run<Arch>(plan, len, po, qmin, qmax, [&](std::size_t i, const auto& a) {
+      detail::bounded_run<Arch>(plan, len, po, [&](std::size_t i, const auto& a) QUANT_INLINE_LAMBDA {
         using P = std::decay_t<decltype(a.scale)>;
         using A = simd::arch_of<P>;
         constexpr std::size_t L = simd::lanes<float, A>;
         const P c = detail::centered_grid<Round, Convention>(simd::load<A>(xs + i), a,
                                                                detail::indexed_rounder<A, Round>{round, e0 + i});
-        const P g = c + (P(qmin) - a.lo);  // + z (lo = qmin - z): exact small integers
+        const P g = c + (P(plan.qmin) - a.lo);  // + z (lo = qmin - z): exact small integers
         if constexpr (L == 1) {
           const bool nan = g != g;
           nans += nan;
@@ -316,7 +329,7 @@ std::size_t quantize(const float* x, Int* q, const detail::segment_plan& plan, f
 template <class Int, class Arch = simd::default_arch>
 void dequantize(const Int* q, float* y, const detail::segment_plan& plan) noexcept {
   detail::for_each_chunk(plan, [&](std::size_t begin, std::size_t end) {
-    detail::for_each_run(plan, begin, end, [&](std::size_t e0, std::size_t len, std::size_t po) {
+    detail::for_each_run(plan, begin, end, [&](std::size_t e0, std::size_t len, std::size_t po) QUANT_INLINE_LAMBDA {
       const float* s = plan.scale() + po;
       const float* z = plan.zero_point() + po;
       if (plan.vector_params) {

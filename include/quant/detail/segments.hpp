@@ -14,7 +14,8 @@
 // an expanded table stays below 16*C entries.
 //
 // Tables hold, per parameter, the scale s, the float reciprocal 1/s (PyTorch computes it
-// once, in float) and the zero point z as a float. Up to
+// once, in float), the zero point z and the bounds qmin - z, qmax - z of the clamp-first
+// form (detail/affine_run.hpp) as floats. Up to
 // `inline_params` parameters live inside the plan, so a per-tensor call, or a per-channel
 // call with up to 256 channels, allocates nothing.
 //
@@ -31,6 +32,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "../config.hpp"
 #include "../qparams.hpp"
 #include "parallel.hpp"
 
@@ -46,14 +48,14 @@ struct segment_plan {
   bool vector_params = false;
 
   static constexpr std::size_t inline_params = 256;
-  static constexpr std::size_t table_count = 3;
+  static constexpr std::size_t table_count = 5;
 
   segment_plan() = default;
   segment_plan(const segment_plan& o) { *this = o; }
   segment_plan& operator=(const segment_plan& o) {
     if (this == &o) return *this;
     k = o.k, n = o.n, outer = o.outer, channels = o.channels, inner = o.inner, group = o.group;
-    count = o.count, length = o.length, vector_params = o.vector_params;
+    count = o.count, length = o.length, vector_params = o.vector_params, qmin = o.qmin, qmax = o.qmax;
     heap_ = o.heap_;
     params_ = o.params_;
     if (heap_.empty())
@@ -65,6 +67,9 @@ struct segment_plan {
   const float* scale() const noexcept { return table(0); }
   const float* inv_scale() const noexcept { return table(1); }
   const float* zero_point() const noexcept { return table(2); }
+  const float* lo() const noexcept { return table(3); }  // qmin - z
+  const float* hi() const noexcept { return table(4); }  // qmax - z
+  float qmin = 0.0f, qmax = 0.0f;                         // the grid
   std::size_t params() const noexcept { return params_; }
 
   std::size_t element_offset(std::size_t seg) const noexcept { return seg * length; }
@@ -80,7 +85,8 @@ struct segment_plan {
     return 0;
   }
 
-  // Sizes the tables for `np` parameters; returns their base (s, 1/s, z at multiples of np).
+  // Sizes the tables for `np` parameters; returns their base (s, 1/s, z, lo, hi at
+  // multiples of np).
   float* reserve_tables(std::size_t np) {
     params_ = np;
     if (np <= inline_params) {
@@ -111,8 +117,13 @@ inline void fill_segment_tables(segment_plan& plan, const qparams& p, std::size_
   float* s = base;
   float* inv = base + m;
   float* z = base + 2 * m;
+  float* lo = base + 3 * m;
+  float* hi = base + 4 * m;
   const float* ps = p.scales().data();
   const std::int32_t* pz = p.zero_points().data();
+  const float qmin = static_cast<float>(p.qmin()), qmax = static_cast<float>(p.qmax());
+  plan.qmin = qmin;
+  plan.qmax = qmax;
   if (expand == 1) {
     for (std::size_t j = 0; j < np; ++j) s[j] = ps[j];
     for (std::size_t j = 0; j < np; ++j) inv[j] = 1.0f / s[j];  // PyTorch: 1.0f / scale, in float
@@ -127,6 +138,8 @@ inline void fill_segment_tables(segment_plan& plan, const qparams& p, std::size_
       }
     }
   }
+  for (std::size_t j = 0; j < m; ++j) lo[j] = qmin - z[j];  // exact: small integers
+  for (std::size_t j = 0; j < m; ++j) hi[j] = qmax - z[j];
 }
 
 template <class Shape>
@@ -222,23 +235,34 @@ QUANT_ALWAYS_INLINE void for_each_run(const segment_plan& plan, std::size_t begi
     }
     return;
   }
-  const std::size_t C = plan.channels;
-  std::size_t c = seg % C;  // channel_scalar / group_vector: channel of the segment
-  std::size_t o = seg / C;
-  const std::size_t groups_per_row = C / plan.group;
-  while (begin < end) {
-    const std::size_t len = (L - off < end - begin) ? L - off : end - begin;
-    std::size_t po = 0;
-    switch (plan.k) {
-      case kind::channel_scalar: po = c; break;
-      case kind::group_scalar: po = seg; break;
-      default: po = (o * groups_per_row + c / plan.group) * plan.inner + off; break;  // group_vector
+  // The remaining kinds step a cursor over segments, one loop per kind (no switch per run).
+  auto walk = [&](auto&& param_of) QUANT_INLINE_LAMBDA {
+    while (begin < end) {
+      const std::size_t len = (L - off < end - begin) ? L - off : end - begin;
+      run(begin, len, param_of(off));
+      begin += len;
+      off = 0;
     }
-    run(begin, len, po);
-    begin += len;
-    off = 0;
-    ++seg;
-    if (++c == C) c = 0, ++o;
+  };
+  const std::size_t C = plan.channels;
+  if (plan.k == kind::channel_scalar) {
+    std::size_t c = seg % C;
+    walk([&](std::size_t) QUANT_INLINE_LAMBDA {
+      const std::size_t po = c;
+      if (++c == C) c = 0;
+      return po;
+    });
+  } else if (plan.k == kind::group_scalar) {
+    walk([&](std::size_t) QUANT_INLINE_LAMBDA { return seg++; });
+  } else {  // group_vector: row (o * C/g + c/g) * inner of the parameter table
+    const std::size_t g = plan.group;
+    std::size_t c = seg % C, o = seg / C;
+    std::size_t row = o * (C / g) + c / g, in_group = c % g;
+    walk([&](std::size_t off_in_seg) QUANT_INLINE_LAMBDA {
+      const std::size_t po = row * plan.inner + off_in_seg;
+      if (++in_group == g) in_group = 0, ++row;  // the next group, or the next outer row's first
+      return po;
+    });
   }
 }
 
