@@ -146,16 +146,16 @@ TEST_CASE("the fused pass equals the primitives composed: gradient, Adam, next s
                            calibrate_minmax(w, grid::int_signed(4), scheme::symmetric, 1)}) {
     auto v = adaround_init(w, p);
     for (auto& x : v) x += 0.3f;
-    const auto layout = detail::param_layout::make(w.shape(), p, "test");
+    const auto plan = detail::make_segment_plan(w.shape(), p, "test");
     xt::xtensor<float, 2> base = xt::xtensor<float, 2>::from_shape(w.shape());
-    layout.for_each(0, layout.n, [&](std::size_t i, float, float inv_s, float z) {
+    detail::for_each_param(plan, 0, plan.n, [&](std::size_t i, float, float inv_s, float z) {
       base.data()[i] = std::floor(w.data()[i] * inv_s) + z;
     });
     const float beta = 6.0f, lambda = 0.05f;
     // the gradient from the primitives' formulas, element by element (any granularity)
     const float qmin = float(p.qmin()), qmax = float(p.qmax());
     xt::xtensor<float, 2> grad_want = xt::xtensor<float, 2>::from_shape(w.shape());
-    layout.for_each(0, layout.n, [&](std::size_t i, float s, float, float) {
+    detail::for_each_param(plan, 0, plan.n, [&](std::size_t i, float s, float, float) {
       const float vi = v.data()[i];
       const float q = base.data()[i] + rectified_sigmoid_functor{}(vi);
       const float dsoft = (q >= qmin && q <= qmax) ? s * rectified_sigmoid_grad_functor{}(vi) : 0.0f;
@@ -166,31 +166,134 @@ TEST_CASE("the fused pass equals the primitives composed: gradient, Adam, next s
     xt::xtensor<float, 2> v_want = v;
     ref_opt.step(v_want, grad_want);
     xt::xtensor<float, 2> ws_want = xt::xtensor<float, 2>::from_shape(w.shape());
-    layout.for_each(0, layout.n, [&](std::size_t i, float s, float, float z) {
+    detail::for_each_param(plan, 0, plan.n, [&](std::size_t i, float s, float, float z) {
       const float q = base.data()[i] + rectified_sigmoid_functor{}(v_want.data()[i]);
       ws_want.data()[i] = s * (std::min(qmax, std::max(qmin, q)) - z);
     });
 
     for (int arch = 0; arch < 2; ++arch) {
-      xt::xtensor<float, 2> vv = v, ws = xt::zeros<float>(w.shape());
+      xt::xtensor<float, 2> vv = v, ws = xt::zeros<float>(w.shape()), sig = ws;
       std::vector<float> m(w.size(), 0.0f), s2(w.size(), 0.0f);
       kernels::adaround_step_constants c;
       c.adam = adam_step::make(adam_options{1e-2f}, 1);
       c.lambda = lambda;
       c.beta = beta;
-      const double reg = arch == 0 ? kernels::adaround_fused_step<simd::scalar>(layout, qmin, qmax, base.data(),
-                                                                              g.data(), vv.data(), m.data(),
-                                                                              s2.data(), ws.data(), c)
-                                   : kernels::adaround_fused_step<>(layout, qmin, qmax, base.data(), g.data(),
-                                                                    vv.data(), m.data(), s2.data(), ws.data(), c);
+      double reg;
+      if (arch == 0) {
+        kernels::adaround_soft_weights<simd::scalar>(plan, qmin, qmax, base.data(), vv.data(), sig.data(), ws.data());
+        reg = kernels::adaround_fused_step<simd::scalar>(plan, qmin, qmax, base.data(), g.data(), vv.data(), sig.data(),
+                                                         m.data(), s2.data(), ws.data(), c);
+      } else {
+        kernels::adaround_soft_weights<>(plan, qmin, qmax, base.data(), vv.data(), sig.data(), ws.data());
+        reg = kernels::adaround_fused_step<>(plan, qmin, qmax, base.data(), g.data(), vv.data(), sig.data(), m.data(),
+                                             s2.data(), ws.data(), c);
+      }
       CHECK(reg == Approx(reg_want).epsilon(1e-5));
       for (std::size_t i = 0; i < w.size(); ++i) {
         CHECK(vv.data()[i] == Approx(v_want.data()[i]).margin(1e-5));
         CHECK(ws.data()[i] == Approx(ws_want.data()[i]).margin(1e-5));
+        CHECK(sig.data()[i] == Approx(1.0 / (1.0 + std::exp(-double(vv.data()[i])))).margin(1e-6));
       }
     }
   }
 }
+
+TEST_CASE("h is exactly 0 or 1 and h' = 0 for |V| >= adaround_saturated_v (the fused pass's shortcut)", "[adaround]") {
+  xt::xtensor<float, 1> v = xt::xtensor<float, 1>::from_shape({4003});
+  for (std::size_t i = 0; i < v.size(); ++i) {
+    const float a = adaround_saturated_v * std::pow(1.0005f, static_cast<float>(i / 2));  // up to ~17
+    v(i) = i % 2 ? a : -a;
+  }
+  v(0) = adaround_saturated_v;
+  v(1) = -adaround_saturated_v;
+  const xt::xtensor<float, 1> h = rectified_sigmoid(v), hp = rectified_sigmoid_grad(v);  // SIMD in the SIMD build
+  for (std::size_t i = 0; i < v.size(); ++i) {
+    INFO("V = " << v(i));
+    CHECK(h(i) == (v(i) > 0.0f ? 1.0f : 0.0f));
+    CHECK(hp(i) == 0.0f);
+    CHECK(rectified_sigmoid_functor{}(v(i)) == h(i));  // scalar std::exp
+  }
+  // just inside the boundary h is not yet binary
+  CHECK(rectified_sigmoid_functor{}(2.39f) < 1.0f);
+  CHECK(rectified_sigmoid_functor{}(-2.39f) > 0.0f);
+}
+
+TEST_CASE("the fused pass keeps sigmoid(V) across steps exactly: same as recomputing it every step", "[adaround]") {
+  // V spread over the interior, the saturation boundary and far beyond it, in runs so that
+  // whole packs are saturated (the pass then skips the sigmoid and the stores); lambda on.
+  const std::size_t out = 6, in = 203;
+  const auto w = normal_matrix(out, in, 41, 0.4f);
+  const auto g = normal_matrix(out, in, 42, 0.3f);
+  const qparams p = calibrate_minmax(w, grid::int_signed(3), scheme::symmetric, 0);
+  const auto plan = detail::make_segment_plan(w.shape(), p, "test");
+  const float qmin = float(p.qmin()), qmax = float(p.qmax());
+  xt::xtensor<float, 2> base = xt::xtensor<float, 2>::from_shape(w.shape());
+  detail::for_each_param(plan, 0, plan.n, [&](std::size_t i, float, float inv_s, float z) {
+    base.data()[i] = std::floor(w.data()[i] * inv_s) + z;
+  });
+  xt::xtensor<float, 2> v0 = adaround_init(w, p);
+  for (std::size_t i = 0; i < v0.size(); ++i) {
+    const std::size_t run = (i / 40) % 4;
+    if (run == 1) v0.data()[i] = 2.401f + 0.001f * static_cast<float>(i % 7);  // will cross back inside
+    if (run == 2) v0.data()[i] = -6.0f - static_cast<float>(i % 5);
+    if (run == 3) v0.data()[i] = 2.3975f;  // just inside: leaves the interior during the steps
+  }
+  auto run_steps = [&](auto arch_tag, bool recompute) {
+    using Arch = decltype(arch_tag);
+    xt::xtensor<float, 2> V = v0, sig = xt::zeros<float>(w.shape()), ws = sig;
+    std::vector<float> m(w.size(), 0.0f), s2(w.size(), 0.0f);
+    kernels::adaround_soft_weights<Arch>(plan, qmin, qmax, base.data(), V.data(), sig.data(), ws.data());
+    std::vector<double> regs;
+    for (std::size_t t = 1; t <= 12; ++t) {
+      if (recompute)
+        kernels::adaround_soft_weights<Arch>(plan, qmin, qmax, base.data(), V.data(), sig.data(), ws.data());
+      kernels::adaround_step_constants c;
+      c.adam = adam_step::make(adam_options{5e-3f}, t);
+      c.lambda = t > 3 ? 0.05f : 0.0f;
+      c.beta = 8.0f;
+      xt::xtensor<float, 2> gt = g * (t % 2 ? 1.0f : -0.5f);
+      regs.push_back(kernels::adaround_fused_step<Arch>(plan, qmin, qmax, base.data(), gt.data(), V.data(), sig.data(),
+                                                        m.data(), s2.data(), ws.data(), c));
+    }
+    std::vector<float> all(V.begin(), V.end());
+    all.insert(all.end(), ws.begin(), ws.end());
+    all.insert(all.end(), m.begin(), m.end());
+    all.insert(all.end(), s2.begin(), s2.end());
+    for (double r : regs) all.push_back(static_cast<float>(r));
+    return all;
+  };
+  const auto a = run_steps(simd::default_arch{}, false), b = run_steps(simd::default_arch{}, true);
+  quant_test::require_bitwise_equal(a.data(), b.data(), a.size(), "kept vs recomputed sigmoid (default arch)");
+  const auto c = run_steps(simd::scalar{}, false), d = run_steps(simd::scalar{}, true);
+  quant_test::require_bitwise_equal(c.data(), d.data(), c.size(), "kept vs recomputed sigmoid (scalar)");
+}
+
+#if !defined(QUANT_NO_SIMD)
+TEST_CASE("the division-free SIMD log is as accurate as a float log on (0, 1] and beyond", "[adaround]") {
+  using B = xsimd::batch<float, simd::default_arch>;
+  constexpr std::size_t L = B::size;
+  std::vector<float> x;
+  for (float t = 1.0f; t > 1e-30f; t *= 0.9993f) x.push_back(t);
+  for (float t = 1.0f; t < 1e6f; t *= 1.0007f) x.push_back(t);
+  x.push_back(0.70710677f);
+  x.push_back(0.70710683f);
+  x.push_back(std::nextafter(1.0f, 0.0f));
+  while (x.size() % L) x.push_back(0.5f);
+  double worst = 0.0;
+  for (std::size_t i = 0; i < x.size(); i += L) {
+    alignas(64) float out[L];
+    detail::log_of(B::load_unaligned(x.data() + i)).store_aligned(out);
+    for (std::size_t k = 0; k < L; ++k) {
+      const double want = std::log(static_cast<double>(x[i + k]));
+      const double ulp = std::nextafter(static_cast<float>(std::fabs(want)), INFINITY) - static_cast<float>(std::fabs(want));
+      if (want != 0.0) worst = std::max(worst, std::fabs(out[k] - want) / ulp);
+      else CHECK(out[k] == 0.0f);
+    }
+  }
+  INFO("worst error " << worst << " ulp");
+  CHECK(worst <= 2.0);
+}
+#endif
 
 namespace {
 struct layer_case {

@@ -56,11 +56,29 @@
 
 #include "detail/counter_random.hpp"
 #include "detail/parallel.hpp"
+#include "detail/segments.hpp"
 #include "error.hpp"
 #include "optim.hpp"
 #include "qparams.hpp"
 #include "simd/arch.hpp"
 #include "uniform.hpp"
+
+// Forces a kernel body passed as a lambda to be inlined into its loop (GCC may otherwise
+// leave a call per pack). Same definition as config.hpp's where it has one.
+#ifndef QUANT_INLINE_LAMBDA
+#if defined(__GNUC__) || defined(__clang__)
+#define QUANT_INLINE_LAMBDA __attribute__((always_inline))
+#else
+#define QUANT_INLINE_LAMBDA
+#endif
+#endif
+// On the per-chunk worker of the fused AdaRound pass: inline everything below it, xsimd's
+// exp and log included (GCC otherwise calls them once per pack).
+#if defined(__GNUC__) && !defined(__clang__)
+#define QUANT_ADAROUND_FLATTEN __attribute__((flatten))
+#else
+#define QUANT_ADAROUND_FLATTEN
+#endif
 
 namespace quant {
 
@@ -82,16 +100,52 @@ using compute_t = std::conditional_t<std::is_same<std::decay_t<T>, double>::valu
 
 QUANT_ALWAYS_INLINE float exp_of(float x) noexcept { return std::exp(x); }
 QUANT_ALWAYS_INLINE double exp_of(double x) noexcept { return std::exp(x); }
+// GCC 12 warns inside xsimd's AVX-512 exp/log about the _mm512_undefined_* merge sources
+// of its maskless intrinsics; those values are never read.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
 template <class T, class A>
 QUANT_ALWAYS_INLINE xsimd::batch<T, A> exp_of(const xsimd::batch<T, A>& x) noexcept {
   return xsimd::exp(x);
 }
 QUANT_ALWAYS_INLINE float log_of(float x) noexcept { return std::log(x); }
 QUANT_ALWAYS_INLINE double log_of(double x) noexcept { return std::log(x); }
-template <class T, class A>
-QUANT_ALWAYS_INLINE xsimd::batch<T, A> log_of(const xsimd::batch<T, A>& x) noexcept {
+template <class A>
+QUANT_ALWAYS_INLINE xsimd::batch<double, A> log_of(const xsimd::batch<double, A>& x) noexcept {
   return xsimd::log(x);
 }
+// log(x) for finite float packs x > 0 without a division (xsimd's log divides once per
+// pack, and the fused AdaRound pass is bound by its divisions): x = 2^k m with m in
+// [sqrt(1/2), sqrt(2)), log(1 + f), f = m - 1, from Cephes' logf polynomial (relative error
+// < 1e-7, as xsimd's), k log 2 added in two parts. x <= 0, inf and NaN are not handled:
+// callers select them away.
+template <class A>
+QUANT_ALWAYS_INLINE xsimd::batch<float, A> log_of(const xsimd::batch<float, A>& x) noexcept {
+  using B = xsimd::batch<float, A>;
+  using I = xsimd::batch<std::int32_t, A>;
+  I ix = xsimd::bitwise_cast<I>(x);
+  ix = ix + I(0x3f800000 - 0x3f3504f3);  // moves the cut of the mantissa range to sqrt(1/2)
+  const B k = xsimd::to_float(I((ix >> 23) - I(0x7f)));
+  ix = (ix & I(0x007fffff)) + I(0x3f3504f3);
+  const B f = xsimd::bitwise_cast<B>(ix) - B(1.0f);
+  const B z = f * f;
+  B y = B(7.0376836292e-2f);
+  y = y * f + B(-1.1514610310e-1f);
+  y = y * f + B(1.1676998740e-1f);
+  y = y * f + B(-1.2420140846e-1f);
+  y = y * f + B(1.4249322787e-1f);
+  y = y * f + B(-1.6668057665e-1f);
+  y = y * f + B(2.0000714765e-1f);
+  y = y * f + B(-2.4999993993e-1f);
+  y = y * f + B(3.3333331174e-1f);
+  y = y * f * z + k * B(-2.12194440e-4f) - B(0.5f) * z;
+  return (f + y) + k * B(0.693359375f);
+}
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
 
 template <class P>
 QUANT_ALWAYS_INLINE P sigmoid(const P& v) noexcept {
@@ -301,68 +355,21 @@ inline void require_finite(const float* x, std::size_t n, const char* function, 
       fail<domain_error>(function, argument, x[i], "must be finite (element " + std::to_string(i) + ")");
 }
 
-// How a qparams set maps onto the flat row-major elements of a tensor: the flat index
-// decomposes as (o, c, i) with sizes (outer, C, inner) around the axis, and the elements
-// are cut into runs that share one (s, z) ("scalar" runs) or walk a contiguous parameter
-// table in step with the data ("vector" runs: per-channel with inner = 1, per-group with
-// inner > 1).
-struct param_layout {
-  granularity gran = granularity::per_tensor;
-  std::size_t n = 0, channels = 1, inner = 1, group = 1;
-  std::vector<float> scale, inv_scale, zero_point;  // one entry per parameter
-
-  struct run {
-    std::size_t param, length;
-    bool vector;
-  };
-
-  template <class Shape>
-  static param_layout make(const Shape& shape, const qparams& p, const char* function) {
-    param_layout l;
-    const std::size_t axis = p.check_shape(shape, function);
-    l.gran = p.granularity();
-    l.n = 1;
-    for (auto d : shape) l.n *= static_cast<std::size_t>(d);
-    if (l.gran != granularity::per_tensor) {
-      l.channels = static_cast<std::size_t>(shape[axis]);
-      for (std::size_t d = axis + 1; d < shape.size(); ++d) l.inner *= static_cast<std::size_t>(shape[d]);
-      l.group = l.gran == granularity::per_group ? p.group_size() : 1;
+// body(i, s, 1/s, z) for every element i of [begin, end) of a tensor laid out by `plan`
+// (detail/segments.hpp), serially. For the one-off setup loops; kernels walk runs.
+template <class Body>
+void for_each_param(const segment_plan& plan, std::size_t begin, std::size_t end, Body&& body) {
+  const float* s = plan.scale();
+  const float* inv = plan.inv_scale();
+  const float* z = plan.zero_point();
+  const bool vec = plan.vector_params;
+  for_each_run(plan, begin, end, [&](std::size_t b, std::size_t len, std::size_t po) {
+    for (std::size_t k = 0; k < len; ++k) {
+      const std::size_t j = po + (vec ? k : 0);
+      body(b + k, s[j], inv[j], z[j]);
     }
-    for (std::size_t j = 0; j < p.size(); ++j) {
-      l.scale.push_back(p.scales()[j]);
-      l.inv_scale.push_back(1.0f / p.scales()[j]);  // float reciprocal, as quant's affine kernels
-      l.zero_point.push_back(static_cast<float>(p.zero_points()[j]));
-    }
-    return l;
-  }
-
-  // The run that starts at flat element e, at most `limit` long.
-  run at(std::size_t e, std::size_t limit) const noexcept {
-    if (gran == granularity::per_tensor) return {0, limit, false};
-    const std::size_t c = (e / inner) % channels, i = e % inner;
-    if (gran == granularity::per_channel) {
-      if (inner == 1) return {c, std::min(limit, channels - c), true};
-      return {c, std::min(limit, inner - i), false};
-    }
-    const std::size_t o = e / (channels * inner);
-    const std::size_t k = o * (channels / group) + c / group;
-    if (inner == 1) return {k, std::min(limit, group - c % group), false};
-    return {k * inner + i, std::min(limit, inner - i), true};
-  }
-
-  // body(e, s, inv_s, z) for every element of [begin, end), serially.
-  template <class Body>
-  void for_each(std::size_t begin, std::size_t end, Body&& body) const {
-    for (std::size_t e = begin; e < end;) {
-      const run r = at(e, end - e);
-      for (std::size_t k = 0; k < r.length; ++k) {
-        const std::size_t j = r.param + (r.vector ? k : 0);
-        body(e + k, scale[j], inv_scale[j], zero_point[j]);
-      }
-      e += r.length;
-    }
-  }
-};
+  });
+}
 }  // namespace detail
 
 // V such that h(V) = W/s - floor(W/s) (AdaRound's init: the soft weight starts at W).
@@ -372,12 +379,12 @@ auto adaround_init(const xt::xexpression<E>& w, const qparams& p) {
   const char* fn = "adaround_init";
   const auto in = detail::as_contiguous(w);
   detail::require_finite(in.data(), in.size(), fn, "W");
-  const auto layout = detail::param_layout::make(in.shape(), p, fn);
+  const auto plan = detail::make_segment_plan(in.shape(), p, fn);
   using R = detail::result_container_t<E, float>;
   R v = R::from_shape(in.shape());
   const float* x = in.data();
   float* out = v.data();
-  layout.for_each(0, layout.n, [&](std::size_t i, float, float inv_s, float) {
+  detail::for_each_param(plan, 0, plan.n, [&](std::size_t i, float, float inv_s, float) {
     const float t = x[i] * inv_s;
     const float r = t - std::floor(t);  // [0, 1]
     // h^{-1}(r) = -log((zeta - gamma)/(r - gamma) - 1); r - gamma >= 0.1 so no division by 0.
@@ -395,11 +402,11 @@ auto adaround_integer_weights(const xt::xexpression<EW>& w, const xt::xexpressio
   if (!std::equal(wi.shape().begin(), wi.shape().end(), vi.shape().begin(), vi.shape().end()))
     detail::fail<length_error>(fn, "V.shape()", detail::shape_string(vi.shape()),
                                "must equal W.shape() = " + detail::shape_string(wi.shape()));
-  const auto layout = detail::param_layout::make(wi.shape(), p, fn);
+  const auto plan = detail::make_segment_plan(wi.shape(), p, fn);
   using R = detail::result_container_t<EW, std::int32_t>;
   R q = R::from_shape(wi.shape());
   const float qmin = static_cast<float>(p.qmin()), qmax = static_cast<float>(p.qmax());
-  layout.for_each(0, layout.n, [&](std::size_t i, float, float inv_s, float z) {
+  detail::for_each_param(plan, 0, plan.n, [&](std::size_t i, float, float inv_s, float z) {
     const float g = std::floor(wi.data()[i] * inv_s) + (vi.data()[i] >= 0.0f ? 1.0f : 0.0f) + z;
     q.data()[i] = static_cast<std::int32_t>(simd::clamp(g, qmin, qmax));
   });
@@ -426,6 +433,13 @@ double adaround_regularizer(const xt::xexpression<E>& v, float beta) {
 // ====================================================================================
 // The fused pass over V (one per iteration of the layer / block optimizers)
 // ====================================================================================
+
+// |V| from which h(V) is exactly 0 or 1 and h'(V) = 0: the clamp of h starts at
+// |V| = log(11) = 2.3979 (sigmoid = 1/12 or 11/12); at 2.4 the stretched sigmoid is already
+// 1.9e-4 beyond the clamp, a thousand times any float rounding of it, so the shortcut
+// below never changes a result.
+constexpr float adaround_saturated_v = 2.4f;
+
 namespace kernels {
 
 // What one fused pass needs besides the buffers.
@@ -435,79 +449,221 @@ struct adaround_step_constants {
   float beta = 2.0f;    // regularizer exponent at this iteration
 };
 
-// For every element, with base = floor(W/s) + z and grad = dL_rec/dW_soft at the current V:
-//   dV    = grad * s * 1[qmin <= base + h <= qmax] * h'(V) + lambda * df_reg/dV
-//   V     <- Adam(V, dV)                          (m, v updated in place)
-//   w_soft = s (clamp(base + h(V_new), qmin, qmax) - z)   (the weight of the next forward)
-// and returns f_reg at the old V (0 when lambda = 0). One read of base, grad, V, m, v and
-// one write of V, m, v, w_soft per element: the pass is bound by that traffic, the two
-// sigmoids and the pow hide under it. Regularizer partials are per fixed piece, combined
-// in order (the same value for any thread count).
+}  // namespace kernels
+
+namespace detail {
+
+template <class T, class A>
+QUANT_ALWAYS_INLINE bool any_of(const xsimd::batch_bool<T, A>& m) noexcept {
+  return xsimd::any(m);
+}
+QUANT_ALWAYS_INLINE bool any_of(bool m) noexcept { return m; }
+template <class T, class A>
+QUANT_ALWAYS_INLINE bool all_of(const xsimd::batch_bool<T, A>& m) noexcept {
+  return xsimd::all(m);
+}
+QUANT_ALWAYS_INLINE bool all_of(bool m) noexcept { return m; }
+
+// The per-element state of the fused pass.
+struct adaround_buffers {
+  const float* base;  // floor(W/s) + z
+  const float* grad;  // dL_rec/dW_soft
+  float* V;
+  float* sig;     // sigmoid(V) (or its limit 0 / 1 where |V| >= adaround_saturated_v)
+  float* m;       // Adam moments
+  float* v;
+  float* w_soft;  // s (clamp(base + h(V), qmin, qmax) - z)
+};
+
+// sigmoid(V) and the soft weight for one pack (the init, and the end of every step).
+template <class P>
+QUANT_ALWAYS_INLINE void adaround_store_soft(const adaround_buffers& f, std::size_t e, const P& vn, const P& s,
+                                             const P& z, float qmin, float qmax) noexcept {
+  using A = simd::arch_of<P>;
+  const P sn = sigmoid(vn);
+  simd::store(f.sig + e, sn);
+  const P hn = simd::clamp(stretched(sn), P(0.0f), P(1.0f));
+  simd::store(f.w_soft + e, (simd::clamp(simd::load<A>(f.base + e) + hn, P(qmin), P(qmax)) - z) * s);
+}
+
+// The fused step in three stages over a block of a run (formulas:
+// kernels::adaround_fused_step): the gradient into a small L1 buffer, Adam, then the
+// next sigmoid and soft weight. Each stage is a short loop whose packs are independent,
+// so the out-of-order core overlaps the long latencies (exp, log, sqrt and three
+// divisions per pack) across packs instead of waiting on one pack's chain.
+
+// dL/dV of one pack into g; returns the regularizer terms (0 where h is binary or
+// lambda = 0).
+template <class P>
+QUANT_ALWAYS_INLINE P adaround_gradient_pack(const adaround_buffers& f, std::size_t e, float* g_out, const P& s,
+                                             float qmin, float qmax, const kernels::adaround_step_constants& c,
+                                             bool regularize) noexcept {
+  using A = simd::arch_of<P>;
+  const P sg = simd::load<A>(f.sig + e);
+  const P u = stretched(sg);
+  const auto inside = (u > P(0.0f)) & (u < P(1.0f));
+  P g(0.0f), term(0.0f);
+  // Where h is 0 or 1, h' = 0: the reconstruction gradient, the regularizer term
+  // 1 - |2h-1|^beta and its gradient are all exactly 0 (late in the schedule, most packs).
+  if (any_of(inside)) {
+    const P h = simd::clamp(u, P(0.0f), P(1.0f));
+    const P hp = simd::select(inside, sg * (P(1.0f) - sg) * P(adaround_zeta - adaround_gamma), P(0.0f));
+    const P q = simd::load<A>(f.base + e) + h;
+    g = simd::select((q >= P(qmin)) & (q <= P(qmax)), simd::load<A>(f.grad + e) * s, P(0.0f)) * hp;
+    if (regularize) {
+      const P t = P(2.0f) * h - P(1.0f);
+      const P at = simd::abs(t);
+      const P pw = simd::select(at > P(0.0f), exp_of(P(c.beta - 1.0f) * log_of(at)), P(0.0f));  // |t|^(beta-1)
+      term = P(1.0f) - pw * at;                                                                // 1 - |t|^beta
+      g = g + P(-2.0f * c.beta * c.lambda) * simd::select(t < P(0.0f), -pw, pw) * hp;
+    }
+  }
+  simd::store(g_out, g);
+  return term;
+}
+
+template <class P>
+QUANT_ALWAYS_INLINE void adaround_adam_pack(const adaround_buffers& f, std::size_t e, const float* g,
+                                            const adam_step& adam) noexcept {
+  using A = simd::arch_of<P>;
+  P mm = simd::load<A>(f.m + e), vs = simd::load<A>(f.v + e);
+  const P vn = adam.apply(simd::load<A>(f.V + e), simd::load<A>(g), mm, vs);
+  simd::store(f.m + e, mm);
+  simd::store(f.v + e, vs);
+  simd::store(f.V + e, vn);
+}
+
+// sig and w_soft for the new V (sig still holds the old one on entry).
+template <class P>
+QUANT_ALWAYS_INLINE void adaround_next_soft_pack(const adaround_buffers& f, std::size_t e, const P& s, const P& z,
+                                                 float qmin, float qmax) noexcept {
+  using A = simd::arch_of<P>;
+  const P vn = simd::load<A>(f.V + e);
+  if (any_of(!(simd::abs(vn) >= P(adaround_saturated_v)))) {  // (NaN takes this path too)
+    adaround_store_soft(f, e, vn, s, z, qmin, qmax);
+    return;
+  }
+  // h(V_new) is binary: no sigmoid. If h(V_old) was the same, sig and w_soft stay as they are.
+  const P u = stretched(simd::load<A>(f.sig + e));
+  const P hn = simd::select(vn > P(0.0f), P(1.0f), P(0.0f));
+  if (all_of(((u <= P(0.0f)) | (u >= P(1.0f))) & (simd::clamp(u, P(0.0f), P(1.0f)) == hn))) return;
+  simd::store(f.sig + e, hn);  // the limit of sigmoid: the same h, and h' = 0
+  simd::store(f.w_soft + e, (simd::clamp(simd::load<A>(f.base + e) + hn, P(qmin), P(qmax)) - z) * s);
+}
+
+// body(e, s, z) over the elements [begin, end) of `plan`: SIMD packs (s, z as packs of
+// the same width, broadcast or loaded from the parameter table), then a scalar tail per
+// run running the same body on floats.
+template <class Arch, class Body>
+QUANT_ALWAYS_INLINE void for_each_param_pack(const segment_plan& plan, std::size_t begin, std::size_t end,
+                                             Body&& body) {
+  using PB = simd::pack<float, Arch>;
+  constexpr std::size_t L = simd::lanes<float, Arch>;
+  const float* scale = plan.scale();
+  const float* zero = plan.zero_point();
+  const bool vec = plan.vector_params;
+  for_each_run(plan, begin, end, [&](std::size_t e, std::size_t len, std::size_t po) QUANT_INLINE_LAMBDA {
+    const float* sp = scale + po;
+    const float* zp = zero + po;
+    std::size_t k = 0;
+    if (vec) {
+      for (; k + L <= len; k += L) body(e + k, simd::load<Arch>(sp + k), simd::load<Arch>(zp + k));
+      for (; k < len; ++k) body(e + k, sp[k], zp[k]);
+    } else {
+      const PB s = simd::broadcast<Arch>(*sp), z = simd::broadcast<Arch>(*zp);
+      for (; k + L <= len; k += L) body(e + k, s, z);
+      for (; k < len; ++k) body(e + k, *sp, *zp);
+    }
+  });
+}
+
+}  // namespace detail
+
+namespace kernels {
+
+// sig = sigmoid(V) and w_soft = s (clamp(base + h(V), qmin, qmax) - z) for every element:
+// the state adaround_fused_step expects on its first call.
 template <class Arch = simd::default_arch>
-double adaround_fused_step(const detail::param_layout& layout, float qmin, float qmax, const float* QUANT_RESTRICT base,
-                           const float* QUANT_RESTRICT grad, float* QUANT_RESTRICT V, float* QUANT_RESTRICT m,
-                           float* QUANT_RESTRICT v, float* QUANT_RESTRICT w_soft,
-                           const adaround_step_constants& c) {
+void adaround_soft_weights(const detail::segment_plan& plan, float qmin, float qmax, const float* QUANT_RESTRICT base,
+                           const float* QUANT_RESTRICT V, float* QUANT_RESTRICT sig,
+                           float* QUANT_RESTRICT w_soft) noexcept {
+  const detail::adaround_buffers f{base, nullptr, nullptr, sig, nullptr, nullptr, w_soft};
+  detail::for_each_chunk(plan, [&](std::size_t b, std::size_t e) QUANT_ADAROUND_FLATTEN {
+    detail::for_each_param_pack<Arch>(plan, b, e, [&](std::size_t i, const auto& s, const auto& z) QUANT_INLINE_LAMBDA {
+      using P = std::decay_t<decltype(s)>;
+      detail::adaround_store_soft(f, i, simd::load<simd::arch_of<P>>(V + i), s, z, qmin, qmax);
+    });
+  });
+}
+
+// One AdaRound iteration's elementwise work, for every element, in one pass:
+//   h, h'  from sig = sigmoid(V)                    (kept from the previous pass: one
+//                                                    sigmoid per element per iteration)
+//   dV    = grad * s * 1[qmin <= base + h <= qmax] * h'(V) + lambda * df_reg/dV
+//   V     <- Adam(V, dV)                             (m, v updated in place)
+//   sig   <- sigmoid(V_new),  w_soft <- s (clamp(base + h(V_new), qmin, qmax) - z)
+// with base = floor(W/s) + z and grad = dL_rec/dW_soft at the current V. Returns
+// f_reg = sum(1 - |2h - 1|^beta) at the old V (0 when lambda = 0: warm-up skips the pow).
+// Entry state: sig and w_soft as left by adaround_soft_weights or the previous call.
+// |2h-1|^beta is |2h-1|^(beta-1) (one exp(log)) times |2h-1|. Packs where h is binary
+// before and after the step skip the gradient, the pow and the sigmoid and leave sig and
+// w_soft unwritten (their values are unchanged), so the pass gets cheaper as h converges.
+// Regularizer partials are per fixed chunk (detail::chunk_elements), combined in order:
+// the same value for any thread count. `partials`: detail::chunk_count(plan) doubles of
+// scratch, or nullptr (then allocated here).
+template <class Arch = simd::default_arch>
+double adaround_fused_step(const detail::segment_plan& plan, float qmin, float qmax, const float* QUANT_RESTRICT base,
+                           const float* QUANT_RESTRICT grad, float* QUANT_RESTRICT V, float* QUANT_RESTRICT sig,
+                           float* QUANT_RESTRICT m, float* QUANT_RESTRICT v, float* QUANT_RESTRICT w_soft,
+                           const adaround_step_constants& c, double* partials = nullptr) {
   const bool regularize = c.lambda > 0.0f;
-  const std::size_t n = layout.n, piece = detail::optim_piece;
-  const std::size_t pieces = (n + piece - 1) / piece;
-  std::vector<double> parts(pieces, 0.0);
-  detail::parallel_for(pieces, n, [&](std::size_t t) {
+  const std::size_t chunks = detail::chunk_count(plan);
+  std::vector<double> own;
+  if (!partials) {
+    own.resize(chunks);
+    partials = own.data();
+  }
+  const detail::adaround_buffers buffers{base, grad, V, sig, m, v, w_soft};
+  detail::for_each_chunk(plan, [&](std::size_t b, std::size_t e) QUANT_ADAROUND_FLATTEN {
+    // Local copies: the stores through the buffers cannot then alias the pointers and
+    // constants, which stay in registers instead of being reloaded for every pack.
+    const detail::adaround_buffers f = buffers;
+    const adaround_step_constants k = c;
+    const float* scale = plan.scale();
+    const float* zero = plan.zero_point();
+    const bool vec = plan.vector_params;
     using PB = simd::pack<float, Arch>;
     constexpr std::size_t L = simd::lanes<float, Arch>;
+    constexpr std::size_t block = 256;
+    alignas(64) float g[block];
     PB acc(0.0f);
     float acc_tail = 0.0f;
-    // One element pack at e with parameters (s, z) as packs of the same width.
-    auto body = [&](std::size_t e, const auto& s, const auto& z) {
-      using P = std::decay_t<decltype(s)>;
-      using A = simd::arch_of<P>;
-      const P b = simd::load<A>(base + e);
-      const P vv = simd::load<A>(V + e);
-      const P sig = detail::sigmoid(vv);
-      const P u = detail::stretched(sig);
-      const P h = simd::clamp(u, P(0.0f), P(1.0f));
-      const P hp = simd::select((u > P(0.0f)) & (u < P(1.0f)),
-                                sig * (P(1.0f) - sig) * P(adaround_zeta - adaround_gamma), P(0.0f));
-      const P q = b + h;
-      P g = simd::select((q >= P(qmin)) & (q <= P(qmax)), simd::load<A>(grad + e) * s, P(0.0f)) * hp;
-      if (regularize) {
-        const P tt = P(2.0f) * h - P(1.0f);
-        const P pw = detail::pow_abs(tt, P(c.beta - 1.0f));  // |2h-1|^(beta-1)
-        const P term = P(1.0f) - pw * simd::abs(tt);
-        if constexpr (simd::is_batch<P>::value)
-          acc = acc + term;
-        else
-          acc_tail += term;
-        g = g + P(-2.0f * c.beta * c.lambda) * simd::select(tt < P(0.0f), -pw, pw) * hp;
+    detail::for_each_run(plan, b, e, [&](std::size_t r0, std::size_t len, std::size_t po) QUANT_INLINE_LAMBDA {
+      for (std::size_t b0 = 0; b0 < len; b0 += block) {
+        const std::size_t n = std::min(block, len - b0), e0 = r0 + b0;
+        const float* sp = scale + po + (vec ? b0 : 0);
+        const float* zp = zero + po + (vec ? b0 : 0);
+        const PB sb = simd::broadcast<Arch>(*sp), zb = simd::broadcast<Arch>(*zp);
+        const std::size_t packed = n - n % L;
+        std::size_t i = 0;
+        for (; i < packed; i += L)
+          acc = acc + detail::adaround_gradient_pack(f, e0 + i, g + i, vec ? simd::load<Arch>(sp + i) : sb, qmin, qmax,
+                                                     k, regularize);
+        for (; i < n; ++i)
+          acc_tail += detail::adaround_gradient_pack(f, e0 + i, g + i, vec ? sp[i] : *sp, qmin, qmax, k, regularize);
+        for (i = 0; i < packed; i += L) detail::adaround_adam_pack<PB>(f, e0 + i, g + i, k.adam);
+        for (; i < n; ++i) detail::adaround_adam_pack<float>(f, e0 + i, g + i, k.adam);
+        for (i = 0; i < packed; i += L)
+          detail::adaround_next_soft_pack(f, e0 + i, vec ? simd::load<Arch>(sp + i) : sb,
+                                          vec ? simd::load<Arch>(zp + i) : zb, qmin, qmax);
+        for (; i < n; ++i) detail::adaround_next_soft_pack(f, e0 + i, vec ? sp[i] : *sp, vec ? zp[i] : *zp, qmin, qmax);
       }
-      P mm = simd::load<A>(m + e), vs = simd::load<A>(v + e);
-      const P vn = c.adam.apply(vv, g, mm, vs);
-      simd::store(m + e, mm);
-      simd::store(v + e, vs);
-      simd::store(V + e, vn);
-      simd::store(w_soft + e, (simd::clamp(b + detail::rect_sigmoid(vn), P(qmin), P(qmax)) - z) * s);
-    };
-    const std::size_t begin = t * piece, end = std::min(n, begin + piece);
-    for (std::size_t e = begin; e < end;) {
-      const auto r = layout.at(e, end - e);
-      const float* sp = layout.scale.data() + r.param;
-      const float* zp = layout.zero_point.data() + r.param;
-      std::size_t k = 0;
-      if (r.vector) {
-        for (; k + L <= r.length; k += L) body(e + k, simd::load<Arch>(sp + k), simd::load<Arch>(zp + k));
-        for (; k < r.length; ++k) body(e + k, sp[k], zp[k]);
-      } else {
-        const PB s = simd::broadcast<Arch>(*sp), z = simd::broadcast<Arch>(*zp);
-        for (; k + L <= r.length; k += L) body(e + k, s, z);
-        for (; k < r.length; ++k) body(e + k, *sp, *zp);
-      }
-      e += r.length;
-    }
-    parts[t] = static_cast<double>(simd::reduce_add(acc)) + static_cast<double>(acc_tail);
+    });
+    partials[b / detail::chunk_elements] = static_cast<double>(simd::reduce_add(acc)) + static_cast<double>(acc_tail);
   });
   double total = 0.0;
-  for (double p : parts) total += p;
-  return total;
+  for (std::size_t t = 0; t < chunks; ++t) total += partials[t];
+  return regularize ? total : 0.0;
 }
 
 }  // namespace kernels
@@ -614,15 +770,19 @@ inline void sample_rows(std::vector<std::size_t>& perm, std::size_t batch, std::
   }
 }
 
-// dst[j, :] = src[rows[j], :]
+// dst[j, :] = src[rows[j], :] (dst preallocated with `count` rows; a copy, so threading
+// it over fixed row blocks changes nothing but the time).
 inline void gather_rows(const xt::xtensor<float, 2>& src, const std::size_t* rows, std::size_t count,
                         xt::xtensor<float, 2>& dst) {
   const std::size_t w = src.shape()[1];
-  for (std::size_t j = 0; j < count; ++j)
-    std::copy_n(src.data() + rows[j] * w, w, dst.data() + j * w);
+  constexpr std::size_t block = 16;
+  parallel_for((count + block - 1) / block, count * w, [&](std::size_t t) {
+    const std::size_t end = std::min(count, (t + 1) * block);
+    for (std::size_t j = t * block; j < end; ++j) std::copy_n(src.data() + rows[j] * w, w, dst.data() + j * w);
+  });
 }
 
-// C = A B^T (A [m, k], B [n, k]) through BLAS.
+// C = A B^T (A [m, k], B [n, k]) through BLAS, into the preallocated C.
 inline void gemm_nt(const xt::xtensor<float, 2>& a, const xt::xtensor<float, 2>& b, xt::xtensor<float, 2>& c) {
   xt::blas::gemm(a, b, c, false, true);
 }
@@ -657,25 +817,151 @@ inline double layer_output_error(const xt::xtensor<float, 2>& w, const xt::xtens
   return acc / static_cast<double>(x_hat.shape()[0]);
 }
 
+// The reconstruction loss of one mini-batch row and its gradient, in place:
+//   y <- (2/B) f_a'(pre) (f_a(pre) - t),  pre = y + bias;  returns sum (f_a(pre) - t)^2
+// (summed in float packs per row, then in double across rows by the caller).
+template <class Arch = simd::default_arch>
+float layer_loss_row(float* QUANT_RESTRICT y, const float* QUANT_RESTRICT t, const float* QUANT_RESTRICT bias,
+                     std::size_t out, activation act, float two_over_b) noexcept {
+  using PB = simd::pack<float, Arch>;
+  constexpr std::size_t L = simd::lanes<float, Arch>;
+  const bool relu = act == activation::relu;
+  PB acc(0.0f);
+  float acc_tail = 0.0f;
+  auto body = [&](std::size_t o, auto tag) QUANT_INLINE_LAMBDA {
+    using P = decltype(tag);
+    using A = simd::arch_of<P>;
+    const P pre = simd::load<A>(y + o) + simd::load<A>(bias + o);
+    if (relu) {
+      const auto pass = pre > P(0.0f);
+      const P d = simd::select(pass, pre, P(0.0f)) - simd::load<A>(t + o);
+      simd::store(y + o, simd::select(pass, P(two_over_b) * d, P(0.0f)));
+      return d * d;
+    }
+    const P d = pre - simd::load<A>(t + o);
+    simd::store(y + o, P(two_over_b) * d);
+    return d * d;
+  };
+  std::size_t o = 0;
+  for (; o + L <= out; o += L) acc = acc + body(o, PB{});
+  for (; o < out; ++o) acc_tail += body(o, 0.0f);
+  return simd::reduce_add(acc) + acc_tail;
+}
+
 }  // namespace detail
+
+// The AdaRound variables of one weight tensor W [out, in] (conv: [out, C*KH*KW]) with
+// their Adam state and the current soft weight: the part of AdaRound that does not
+// depend on the network. The layer optimizer and block reconstruction (reconstruction.hpp)
+// own one per layer; a custom trainer can own them too: fill gradient() with
+// dL_rec/dW_soft at soft_weights(), call step(lambda, beta), repeat, then take
+// integer_weights() / hard_weights().
+// Weight qparams: any granularity of W (per output channel, axis 0, is the usual choice);
+// they stay fixed. All buffers are allocated here, once.
+class adaround_variables {
+ public:
+  adaround_variables() = default;
+  // Throws quant::domain_error for non-finite W, quant::length_error / invalid_argument for
+  // qparams that do not fit W or a learning rate that is not finite and > 0.
+  adaround_variables(const xt::xtensor<float, 2>& W, const quant::qparams& weight_qparams,
+                     float learning_rate = 1e-3f, const char* function = "adaround_variables")
+      : w_(W), qp_(weight_qparams), adam_(W.size(), adam_options{learning_rate}) {
+    detail::require_finite(W.data(), W.size(), function, "W");
+    plan_ = detail::make_segment_plan(W.shape(), qp_, function);
+    qmin_ = static_cast<float>(qp_.qmin());
+    qmax_ = static_cast<float>(qp_.qmax());
+    v_ = adaround_init(W, qp_);
+    base_ = xt::xtensor<float, 2>::from_shape(W.shape());
+    detail::for_each_param(plan_, 0, plan_.n, [&](std::size_t i, float, float inv_s, float z) {
+      base_.data()[i] = std::floor(W.data()[i] * inv_s) + z;
+    });
+    sig_ = xt::xtensor<float, 2>::from_shape(W.shape());
+    w_soft_ = xt::xtensor<float, 2>::from_shape(W.shape());
+    grad_ = xt::zeros<float>(W.shape());
+    partials_.assign(detail::chunk_count(plan_), 0.0);
+    kernels::adaround_soft_weights<>(plan_, qmin_, qmax_, base_.data(), v_.data(), sig_.data(), w_soft_.data());
+  }
+
+  std::size_t size() const noexcept { return w_.size(); }
+  const xt::xtensor<float, 2>& weight() const noexcept { return w_; }  // the full-precision W
+  const quant::qparams& weight_qparams() const noexcept { return qp_; }
+  const xt::xtensor<float, 2>& v() const noexcept { return v_; }
+  // s (clamp(floor(W/s) + h(V) + z, qmin, qmax) - z) at the current V.
+  const xt::xtensor<float, 2>& soft_weights() const noexcept { return w_soft_; }
+  // dL_rec/dW_soft, shaped like W: write it before step().
+  xt::xtensor<float, 2>& gradient() noexcept { return grad_; }
+  std::size_t steps() const noexcept { return adam_.steps(); }
+
+  // One fused pass (kernels::adaround_fused_step) with the gradient in gradient():
+  // lambda = 0 during warm-up. Returns f_reg = sum(1 - |2h-1|^beta) at the V before the
+  // step (0 when lambda = 0).
+  double step(float lambda, float beta) noexcept {
+    kernels::adaround_step_constants c;
+    c.adam = adam_.next_step();
+    c.lambda = lambda;
+    c.beta = beta;
+    return kernels::adaround_fused_step<>(plan_, qmin_, qmax_, base_.data(), grad_.data(), v_.data(), sig_.data(),
+                                          adam_.first_moment(), adam_.second_moment(), w_soft_.data(), c,
+                                          partials_.data());
+  }
+
+  // clamp(floor(W/s) + 1[V >= 0] + z, qmin, qmax)
+  xt::xtensor<std::int32_t, 2> integer_weights() const { return adaround_integer_weights(w_, v_, qp_); }
+  // s (q - z) for the integers q above.
+  xt::xtensor<float, 2> hard_weights() const {
+    const auto q = integer_weights();
+    xt::xtensor<float, 2> r = xt::xtensor<float, 2>::from_shape(w_.shape());
+    detail::for_each_param(plan_, 0, plan_.n, [&](std::size_t i, float s, float, float z) {
+      r.data()[i] = (static_cast<float>(q.data()[i]) - z) * s;
+    });
+    return r;
+  }
+  // Fraction of weights whose hard-rounded integer differs from round-to-nearest.
+  double flipped_fraction() const {
+    const auto q = integer_weights();
+    const auto q_rtn = eager::quantize<std::int32_t>(w_, qp_);
+    std::size_t flipped = 0;
+    for (std::size_t i = 0; i < q.size(); ++i) flipped += q.data()[i] != q_rtn.data()[i];
+    return static_cast<double>(flipped) / static_cast<double>(q.size());
+  }
+  // Fraction of h(V) strictly inside (0, 1).
+  double non_binary_fraction() const {
+    std::size_t soft = 0;
+    for (std::size_t i = 0; i < v_.size(); ++i) {
+      const float h = detail::rect_sigmoid(v_.data()[i]);
+      soft += (h > 0.0f && h < 1.0f);
+    }
+    return static_cast<double>(soft) / static_cast<double>(v_.size());
+  }
+
+ private:
+  xt::xtensor<float, 2> w_;
+  quant::qparams qp_;
+  adam adam_{0};
+  detail::segment_plan plan_;
+  float qmin_ = 0.0f, qmax_ = 0.0f;
+  xt::xtensor<float, 2> v_, base_, sig_, w_soft_, grad_;
+  std::vector<double> partials_;
+};
 
 // AdaRound for one layer, one iteration at a time (adaround_layer runs it to the end).
 // W [out, in]; X [samples, in] the layer's input in the full-precision model; X_hat the
 // input in the quantized model (asymmetric reconstruction; nullptr: X); bias [out] or
 // nullptr. X and X_hat are referenced, not copied: they must outlive the optimizer.
 // Weight qparams: any granularity of W (per output channel, axis 0, is the usual choice);
-// they stay fixed. Each step(): sample `batch_size` rows, Y = X_b W_soft^T (GEMM),
-// dL/dY, G = dY^T X_b (GEMM), then the fused pass over V. BLAS runs outside any parallel
-// region; the fused pass uses quant's threads; results are identical for any thread count
-// and the same seed.
+// they stay fixed. Each step(): sample `batch_size` rows, gather them, Y = X_b W_soft^T
+// (GEMM), dL/dY in place, G = dY^T X_b (GEMM into the variables' gradient), then the
+// fused pass over V. Every buffer is allocated once, in the constructor. BLAS runs
+// outside any parallel region; the gather and the fused pass use quant's threads;
+// results are identical for any thread count and the same seed.
 class adaround_optimizer {
  public:
   adaround_optimizer(const xt::xtensor<float, 2>& W, const xt::xtensor<float, 2>& X, const quant::qparams& weight_qparams,
                      adaround_options options = {}, const xt::xtensor<float, 2>* X_hat = nullptr,
                      const xt::xtensor<float, 1>* bias = nullptr)
-      : w_(W), x_(&X), x_hat_(X_hat ? X_hat : &X), qp_(weight_qparams), opt_(std::move(options)),
-        adam_(W.size(), adam_options{options_lr_checked()}) {
+      : x_(&X), x_hat_(X_hat ? X_hat : &X), opt_(std::move(options)) {
     const char* fn = "adaround_layer";
+    opt_.validate(fn);
     const std::size_t out = W.shape()[0], in = W.shape()[1], samples = X.shape()[0];
     if (out == 0 || in == 0)
       detail::fail<invalid_argument>(fn, "W.shape()", detail::shape_string(W.shape()), "must be non-empty");
@@ -694,24 +980,13 @@ class adaround_optimizer {
     if (opt_.batch_size > samples)
       detail::fail<invalid_argument>(fn, "batch_size", opt_.batch_size,
                                      "exceeds the " + std::to_string(samples) + " calibration rows");
-    detail::require_finite(W.data(), W.size(), fn, "W");
     detail::require_finite(X.data(), X.size(), fn, "X");
     if (X_hat) detail::require_finite(X_hat->data(), X_hat->size(), fn, "X_hat");
-    if (bias) {
-      detail::require_finite(bias->data(), bias->size(), fn, "bias");
-      bias_.assign(bias->begin(), bias->end());
-    }
-    layout_ = detail::param_layout::make(W.shape(), qp_, fn);
-
-    // base = floor(W/s) + z; V so that h(V) = W/s - floor(W/s)
-    v_ = adaround_init(W, qp_);
-    base_ = xt::xtensor<float, 2>::from_shape(W.shape());
-    w_soft_ = xt::xtensor<float, 2>::from_shape(W.shape());
-    const float qmin = static_cast<float>(qp_.qmin()), qmax = static_cast<float>(qp_.qmax());
-    layout_.for_each(0, layout_.n, [&](std::size_t i, float s, float inv_s, float z) {
-      base_.data()[i] = std::floor(W.data()[i] * inv_s) + z;
-      w_soft_.data()[i] = (simd::clamp(base_.data()[i] + detail::rect_sigmoid(v_.data()[i]), qmin, qmax) - z) * s;
-    });
+    if (bias) detail::require_finite(bias->data(), bias->size(), fn, "bias");
+    vars_ = adaround_variables(W, weight_qparams, opt_.learning_rate, fn);
+    bias_.assign(out, 0.0f);
+    if (bias) std::copy(bias->begin(), bias->end(), bias_.begin());
+    has_bias_ = bias != nullptr;
 
     // FP targets f_a(X W^T + b) for every calibration row, once.
     target_ = xt::xtensor<float, 2>::from_shape({samples, out});
@@ -722,50 +997,35 @@ class adaround_optimizer {
     for (std::size_t i = 0; i < samples; ++i) perm_[i] = i;
     xb_ = xt::xtensor<float, 2>::from_shape({opt_.batch_size, in});
     yb_ = xt::xtensor<float, 2>::from_shape({opt_.batch_size, out});
-    grad_ = xt::xtensor<float, 2>::from_shape({out, in});
   }
 
   std::size_t iteration() const noexcept { return k_; }
   bool done() const noexcept { return k_ >= opt_.iterations; }
   const adaround_options& options() const noexcept { return opt_; }
-  const xt::xtensor<float, 2>& v() const noexcept { return v_; }             // the rounding variables
-  const xt::xtensor<float, 2>& soft_weights() const noexcept { return w_soft_; }
+  const xt::xtensor<float, 2>& v() const noexcept { return vars_.v(); }  // the rounding variables
+  const xt::xtensor<float, 2>& soft_weights() const noexcept { return vars_.soft_weights(); }
+  const adaround_variables& variables() const noexcept { return vars_; }
   const adaround_progress& last_progress() const noexcept { return last_; }
 
   // One iteration (no-op once done()).
   void step() {
     if (done()) return;
-    const std::size_t B = opt_.batch_size, out = w_.shape()[0];
+    const std::size_t B = opt_.batch_size, out = yb_.shape()[1];
     detail::sample_rows(perm_, B, opt_.seed, k_);
     detail::gather_rows(*x_hat_, perm_.data(), B, xb_);
-    detail::gemm_nt(xb_, w_soft_, yb_);  // [B, out]
-    // dL/dY (in place) and the loss, L = (1/B) sum (f_a(y) - t)^2
+    detail::gemm_nt(xb_, vars_.soft_weights(), yb_);  // [B, out]
+    // dL/dY in place and the loss L = (1/B) sum (f_a(y + b) - t)^2
     const float two_over_b = 2.0f / static_cast<float>(B);
-    const float* bias = bias_ptr();
     double loss = 0.0;
-    for (std::size_t j = 0; j < B; ++j) {
-      const float* t = target_.data() + perm_[j] * out;
-      float* y = yb_.data() + j * out;
-      for (std::size_t o = 0; o < out; ++o) {
-        const float pre = bias ? y[o] + bias[o] : y[o];
-        const bool pass = opt_.act == activation::identity || pre > 0.0f;
-        const float d = (pass ? pre : 0.0f) - t[o];
-        loss += static_cast<double>(d) * d;
-        y[o] = pass ? two_over_b * d : 0.0f;
-      }
-    }
-    detail::gemm_tn(yb_, xb_, grad_);  // [out, in]
+    for (std::size_t j = 0; j < B; ++j)
+      loss += detail::layer_loss_row<>(yb_.data() + j * out, target_.data() + perm_[j] * out, bias_.data(), out,
+                                       opt_.act, two_over_b);
+    detail::gemm_tn(yb_, xb_, vars_.gradient());  // [out, in]
     const bool warm = k_ < opt_.warmup_iterations();
-    kernels::adaround_step_constants c;
-    c.adam = adam_.next_step();
-    c.beta = opt_.beta_at(k_);
-    c.lambda = warm ? 0.0f : opt_.lambda;
-    const double reg = kernels::adaround_fused_step<>(layout_, static_cast<float>(qp_.qmin()),
-                                                      static_cast<float>(qp_.qmax()), base_.data(), grad_.data(),
-                                                      v_.data(), adam_.first_moment(), adam_.second_moment(),
-                                                      w_soft_.data(), c);
+    const float beta = opt_.beta_at(k_);
+    const double reg = vars_.step(warm ? 0.0f : opt_.lambda, beta);
     ++k_;
-    last_ = adaround_progress{k_, opt_.iterations, loss / static_cast<double>(B), warm ? 0.0 : reg, c.beta, warm};
+    last_ = adaround_progress{k_, opt_.iterations, loss / static_cast<double>(B), reg, beta, warm};
     if (opt_.progress) opt_.progress(last_);
   }
 
@@ -777,44 +1037,28 @@ class adaround_optimizer {
   // Hard-rounded weights and the report (errors over all calibration rows, X_hat input).
   adaround_result result() const {
     adaround_result r;
-    r.qparams = qp_;
-    r.integer_weights = adaround_integer_weights(w_, v_, qp_);
-    r.weights = xt::xtensor<float, 2>::from_shape(w_.shape());
-    layout_.for_each(0, layout_.n, [&](std::size_t i, float s, float, float z) {
-      r.weights.data()[i] = (static_cast<float>(r.integer_weights.data()[i]) - z) * s;
-    });
-    const xt::xtensor<float, 2> w_rtn = eager::fake_quantize(w_, qp_);
-    const xt::xtensor<std::int32_t, 2> q_rtn = eager::quantize<std::int32_t>(w_, qp_);
+    r.qparams = vars_.weight_qparams();
+    r.integer_weights = vars_.integer_weights();
+    r.weights = vars_.hard_weights();
+    const xt::xtensor<float, 2> w_rtn = eager::fake_quantize(vars_.weight(), r.qparams);
     r.report.rtn_error = detail::layer_output_error(w_rtn, *x_hat_, target_, bias_ptr(), opt_.act);
     r.report.adaround_error = detail::layer_output_error(r.weights, *x_hat_, target_, bias_ptr(), opt_.act);
-    std::size_t flipped = 0, soft = 0;
-    for (std::size_t i = 0; i < w_.size(); ++i) {
-      flipped += r.integer_weights.data()[i] != q_rtn.data()[i];
-      const float h = detail::rect_sigmoid(v_.data()[i]);
-      soft += (h > 0.0f && h < 1.0f);
-    }
-    r.report.flipped_fraction = static_cast<double>(flipped) / static_cast<double>(w_.size());
-    r.report.non_binary_fraction = static_cast<double>(soft) / static_cast<double>(w_.size());
+    r.report.flipped_fraction = vars_.flipped_fraction();
+    r.report.non_binary_fraction = vars_.non_binary_fraction();
     r.report.iterations = k_;
     return r;
   }
 
  private:
-  float options_lr_checked() {
-    opt_.validate("adaround_layer");
-    return opt_.learning_rate;
-  }
-  const float* bias_ptr() const noexcept { return bias_.empty() ? nullptr : bias_.data(); }
+  const float* bias_ptr() const noexcept { return has_bias_ ? bias_.data() : nullptr; }
 
-  xt::xtensor<float, 2> w_;
   const xt::xtensor<float, 2>* x_;
   const xt::xtensor<float, 2>* x_hat_;
-  quant::qparams qp_;
   adaround_options opt_;
-  adam adam_;
-  detail::param_layout layout_;
-  std::vector<float> bias_;
-  xt::xtensor<float, 2> v_, base_, w_soft_, target_, xb_, yb_, grad_;
+  adaround_variables vars_;
+  std::vector<float> bias_;  // zeros without a bias (the loss row adds it unconditionally)
+  bool has_bias_ = false;
+  xt::xtensor<float, 2> target_, xb_, yb_;
   std::vector<std::size_t> perm_;
   std::size_t k_ = 0;
   adaround_progress last_;

@@ -279,25 +279,12 @@ inline block_result reconstruct_block(const std::vector<block_layer>& layers, co
     detail::require_finite(fisher->data(), fisher->size(), fn, "fisher");
   }
 
-  // Per-layer AdaRound state: V, base = floor(W/s) + z, the soft weight, dL/dW_soft, Adam.
+  // Per-layer AdaRound state: V, the soft weight, dL/dW_soft, Adam.
   std::vector<block_layer> work = layers;
-  std::vector<detail::param_layout> layout(nl);
-  std::vector<xt::xtensor<float, 2>> V(nl), base(nl), w_soft(nl), grad(nl);
-  std::vector<adam> v_opt;
-  for (std::size_t l = 0; l < nl; ++l) {
-    const block_layer& L = layers[l];
-    layout[l] = detail::param_layout::make(L.weight.shape(), L.weight_qparams, fn);
-    V[l] = adaround_init(L.weight, L.weight_qparams);
-    base[l] = xt::xtensor<float, 2>::from_shape(L.weight.shape());
-    w_soft[l] = xt::xtensor<float, 2>::from_shape(L.weight.shape());
-    grad[l] = xt::xtensor<float, 2>::from_shape(L.weight.shape());
-    const float qmin = static_cast<float>(L.weight_qparams.qmin()), qmax = static_cast<float>(L.weight_qparams.qmax());
-    layout[l].for_each(0, layout[l].n, [&](std::size_t i, float s, float inv_s, float z) {
-      base[l].data()[i] = std::floor(L.weight.data()[i] * inv_s) + z;
-      w_soft[l].data()[i] = (simd::clamp(base[l].data()[i] + detail::rect_sigmoid(V[l].data()[i]), qmin, qmax) - z) * s;
-    });
-    v_opt.emplace_back(L.weight.size(), adam_options{opt.learning_rate});
-  }
+  std::vector<adaround_variables> vars;
+  vars.reserve(nl);
+  for (std::size_t l = 0; l < nl; ++l)
+    vars.emplace_back(layers[l].weight, layers[l].weight_qparams, opt.learning_rate, fn);
   std::vector<adam> s_opt;
   for (std::size_t l = 0; l < nl; ++l) s_opt.emplace_back(1, adam_options{opt.scale_learning_rate});
 
@@ -338,7 +325,7 @@ inline block_result reconstruct_block(const std::vector<block_layer>& layers, co
           if (kq) x_in[l].data()[i] = q.data()[i];
         }
       }
-      detail::layer_preactivation(L, w_soft[l], x_in[l], cols[l], pre[l]);
+      detail::layer_preactivation(L, vars[l].soft_weights(), x_in[l], cols[l], pre[l]);
       detail::apply_activation(L.act, pre[l], a[l + 1]);
     }
     // loss and dL/dy
@@ -364,10 +351,10 @@ inline block_result reconstruct_block(const std::vector<block_layer>& layers, co
       const std::size_t out = L.weight.shape()[0];
       const bool need_dx = li > 0 || L.input_quantizer.has_value();
       if (L.type == block_layer::kind::linear) {
-        detail::gemm_tn(d, x_in[li], grad[li]);
+        detail::gemm_tn(d, x_in[li], vars[li].gradient());
         if (need_dx) {
           dx.resize({B, L.weight.shape()[1]});
-          xt::blas::gemm(d, w_soft[li], dx);
+          xt::blas::gemm(d, vars[li].soft_weights(), dx);
         }
       } else {
         const conv2d_shape& g = L.conv;
@@ -375,10 +362,10 @@ inline block_result reconstruct_block(const std::vector<block_layer>& layers, co
         xt::xtensor<float, 2> drows = xt::xtensor<float, 2>::from_shape({B * P, out});
         for (std::size_t b = 0; b < B; ++b)
           kernels::planes_to_rows(d.data() + b * out * P, drows.data() + b * P * out, P, out);
-        detail::gemm_tn(drows, cols[li], grad[li]);
+        detail::gemm_tn(drows, cols[li], vars[li].gradient());
         if (need_dx) {
           xt::xtensor<float, 2> dcols = xt::xtensor<float, 2>::from_shape({B * P, K});
-          xt::blas::gemm(drows, w_soft[li], dcols);
+          xt::blas::gemm(drows, vars[li].soft_weights(), dcols);
           dx.resize({B, g.image_size()});
           for (std::size_t b = 0; b < B; ++b) kernels::col2im(dcols.data() + b * P * K, dx.data() + b * g.image_size(), g);
         }
@@ -400,14 +387,7 @@ inline block_result reconstruct_block(const std::vector<block_layer>& layers, co
         }
       }
       // AdaRound step for this layer
-      kernels::adaround_step_constants c;
-      c.adam = v_opt[li].next_step();
-      c.beta = beta;
-      c.lambda = warm ? 0.0f : opt.lambda;
-      reg += kernels::adaround_fused_step<>(layout[li], static_cast<float>(L.weight_qparams.qmin()),
-                                            static_cast<float>(L.weight_qparams.qmax()), base[li].data(),
-                                            grad[li].data(), V[li].data(), v_opt[li].first_moment(),
-                                            v_opt[li].second_moment(), w_soft[li].data(), c);
+      reg += vars[li].step(warm ? 0.0f : opt.lambda, beta);
       if (li > 0) std::swap(d, dx);
     }
     if (opt.progress)
@@ -417,23 +397,10 @@ inline block_result reconstruct_block(const std::vector<block_layer>& layers, co
   // Hard rounding, report.
   result.layers = work;
   for (std::size_t l = 0; l < nl; ++l) {
-    const block_layer& L = layers[l];
-    auto q = adaround_integer_weights(L.weight, V[l], L.weight_qparams);
-    xt::xtensor<float, 2> wq = xt::xtensor<float, 2>::from_shape(L.weight.shape());
-    layout[l].for_each(0, layout[l].n, [&](std::size_t i, float s, float, float z) {
-      wq.data()[i] = (static_cast<float>(q.data()[i]) - z) * s;
-    });
-    const auto q_rtn = eager::quantize<std::int32_t>(L.weight, L.weight_qparams);
-    std::size_t flipped = 0, soft = 0;
-    for (std::size_t i = 0; i < q.size(); ++i) {
-      flipped += q.data()[i] != q_rtn.data()[i];
-      const float h = detail::rect_sigmoid(V[l].data()[i]);
-      soft += (h > 0.0f && h < 1.0f);
-    }
-    result.report.flipped_fraction.push_back(static_cast<double>(flipped) / static_cast<double>(q.size()));
-    result.report.non_binary_fraction.push_back(static_cast<double>(soft) / static_cast<double>(q.size()));
-    result.layers[l].weight = std::move(wq);
-    result.integer_weights.push_back(std::move(q));
+    result.report.flipped_fraction.push_back(vars[l].flipped_fraction());
+    result.report.non_binary_fraction.push_back(vars[l].non_binary_fraction());
+    result.layers[l].weight = vars[l].hard_weights();
+    result.integer_weights.push_back(vars[l].integer_weights());
   }
   result.report.final_error = detail::block_error(block_forward(result.layers, xq_in, true), target);
   result.report.iterations = opt.iterations;
