@@ -3,7 +3,10 @@
 #include <quant/reconstruction.hpp>
 
 #include <cmath>
+#include <string>
 #include <vector>
+
+#include <xtensor/xview.hpp>
 
 #include "test_helpers.hpp"
 
@@ -180,4 +183,244 @@ TEST_CASE("reconstruct_block rejects bad input with quant exceptions", "[reconst
   CHECK_THROWS_AS(reconstruct_block(layers, xn, bo), quant::domain_error);
   xt::xtensor<float, 2> fisher = xt::ones<float>({40, 5});
   CHECK_THROWS_AS(reconstruct_block(layers, x, bo, nullptr, &fisher), quant::length_error);
+}
+
+// ---- custom blocks through block_callbacks -------------------------------------------
+namespace {
+
+enum class act_kind { identity, relu, leaky };
+
+// A user's own chain of Linear layers y = f(x_q W^T + b), written here with plain GEMMs:
+// optional input quantizer j per layer (-1: none), activation per layer. Holds what the
+// backward pass needs, as a user's module would.
+struct user_linear_chain {
+  std::vector<xt::xtensor<float, 1>> bias;
+  std::vector<act_kind> act;
+  std::vector<int> quantizer;
+  float slope = 0.1f;  // leaky ReLU
+  std::vector<xt::xtensor<float, 2>> x_in, pre;
+
+  float f(act_kind a, float v) const {
+    if (a == act_kind::relu) return v > 0.0f ? v : 0.0f;
+    if (a == act_kind::leaky) return v > 0.0f ? v : slope * v;
+    return v;
+  }
+  float df(act_kind a, float v) const {
+    if (a == act_kind::relu) return v > 0.0f ? 1.0f : 0.0f;
+    if (a == act_kind::leaky) return v > 0.0f ? 1.0f : slope;
+    return 1.0f;
+  }
+
+  void forward(block_pass& pass, const xt::xtensor<float, 2>& x, xt::xtensor<float, 2>& y) {
+    const std::size_t n = pass.layers(), rows = x.shape()[0];
+    x_in.resize(n);
+    pre.resize(n);
+    xt::xtensor<float, 2> a = x;
+    for (std::size_t l = 0; l < n; ++l) {
+      x_in[l] = a;
+      if (quantizer[l] >= 0) pass.quantize(static_cast<std::size_t>(quantizer[l]), x_in[l]);
+      const auto& w = pass.weight(l);
+      pre[l] = xt::xtensor<float, 2>::from_shape({rows, w.shape()[0]});
+      xt::blas::gemm(x_in[l], w, pre[l], false, true);
+      for (std::size_t r = 0; r < rows; ++r)
+        for (std::size_t o = 0; o < w.shape()[0]; ++o) pre[l](r, o) += bias[l](o);
+      a = pre[l];
+      for (auto& v : a) v = f(act[l], v);
+    }
+    y = a;
+  }
+
+  void backward(block_pass& pass, const xt::xtensor<float, 2>& dy) {
+    xt::xtensor<float, 2> d = dy;
+    for (std::size_t l = pass.layers(); l-- > 0;) {
+      for (std::size_t i = 0; i < d.size(); ++i) d.data()[i] *= df(act[l], pre[l].data()[i]);
+      xt::blas::gemm(d, x_in[l], pass.weight_gradient(l), true, false);
+      if (l == 0 && quantizer[l] < 0) break;
+      xt::xtensor<float, 2> dx = xt::xtensor<float, 2>::from_shape({d.shape()[0], x_in[l].shape()[1]});
+      xt::blas::gemm(d, pass.weight(l), dx);
+      if (quantizer[l] >= 0) pass.quantize_backward(static_cast<std::size_t>(quantizer[l]), dx);
+      d = dx;
+    }
+  }
+
+  block_callbacks callbacks() {
+    block_callbacks cb;
+    cb.forward = [this](block_pass& p, const xt::xtensor<float, 2>& x, xt::xtensor<float, 2>& y) { forward(p, x, y); };
+    cb.backward = [this](block_pass& p, const xt::xtensor<float, 2>& dy) { backward(p, dy); };
+    return cb;
+  }
+
+  // Evaluation outside quant: weights w, quantizers applied always (p = 1).
+  xt::xtensor<float, 2> run(const std::vector<xt::xtensor<float, 2>>& w, const std::vector<lsq_params>& q,
+                            const xt::xtensor<float, 2>& x) const {
+    xt::xtensor<float, 2> a = x;
+    for (std::size_t l = 0; l < w.size(); ++l) {
+      if (quantizer[l] >= 0) {
+        const xt::xarray<float> aq = eager::lsq_forward(a, q[static_cast<std::size_t>(quantizer[l])]);
+        std::copy(aq.begin(), aq.end(), a.begin());
+      }
+      xt::xtensor<float, 2> p = xt::xtensor<float, 2>::from_shape({a.shape()[0], w[l].shape()[0]});
+      xt::blas::gemm(a, w[l], p, false, true);
+      for (std::size_t r = 0; r < p.shape()[0]; ++r)
+        for (std::size_t o = 0; o < p.shape()[1]; ++o) p(r, o) = f(act[l], p(r, o) + bias[l](o));
+      a = p;
+    }
+    return a;
+  }
+};
+
+}  // namespace
+
+TEST_CASE("a user-defined block (Linear, leaky ReLU, Linear) reconstructs below round-to-nearest", "[reconstruction]") {
+  const std::size_t in = 32, hidden = 48, out = 16;
+  const auto x_cal = block_inputs(1024, in, 20), x_test = block_inputs(1024, in, 21);
+  std::vector<block_weight> weights(2);
+  weights[0].weight = normal_matrix(hidden, in, 22, std::sqrt(2.0f / in));
+  weights[1].weight = normal_matrix(out, hidden, 23, std::sqrt(2.0f / hidden));
+  for (auto& w : weights) w.weight_qparams = calibrate_mse(w.weight, grid::int_signed(2), scheme::symmetric, 0);
+  user_linear_chain user;
+  user.bias = {xt::zeros<float>({hidden}), xt::xtensor<float, 1>::from_shape({out})};
+  for (std::size_t o = 0; o < out; ++o) user.bias[1](o) = 0.03f * static_cast<float>(o % 5);
+  user.act = {act_kind::leaky, act_kind::identity};
+  user.quantizer = {0, 1};
+  // A4 quantizers from the FP activations (both signed: leaky ReLU keeps negatives)
+  std::vector<xt::xtensor<float, 2>> w_fp = {weights[0].weight, weights[1].weight};
+  std::vector<lsq_params> q = {activation_quantizer(x_cal, grid::int_signed(4))};
+  {
+    user_linear_chain first = user;
+    first.quantizer = {-1};
+    first.act = {act_kind::leaky};
+    const auto h = first.run({w_fp[0]}, {}, x_cal);
+    q.push_back(activation_quantizer(h, grid::int_signed(4)));
+  }
+  block_options bo;
+  bo.iterations = 1500;
+  bo.learning_rate = 1e-2f;
+  bo.lambda = 0.1f;
+  bo.scale_learning_rate = 1e-3f;
+  bo.seed = 4;
+  const auto r = reconstruct_block(user.callbacks(), weights, q, x_cal, bo);
+  user_linear_chain eval = user;
+  const auto y_fp = [&] {
+    user_linear_chain fp = user;
+    fp.quantizer = {-1, -1};
+    return fp.run(w_fp, {}, x_test);
+  }();
+  std::vector<xt::xtensor<float, 2>> w_rtn;
+  for (const auto& w : weights) w_rtn.push_back(eager::fake_quantize(w.weight, w.weight_qparams));
+  const double e_rtn = output_error(eval.run(w_rtn, q, x_test), y_fp);
+  const double e_rec = output_error(eval.run(r.weights, r.activation_quantizers, x_test), y_fp);
+  INFO("held-out error: RTN " << e_rtn << ", reconstructed " << e_rec << " (calibration: " << r.report.initial_error
+                              << " -> " << r.report.final_error << ")");
+  CHECK(e_rec < 0.7 * e_rtn);
+  CHECK(r.report.final_error < r.report.initial_error);
+  // the report's initial error is the RTN block on the calibration data
+  const auto y_cal = [&] {
+    user_linear_chain fp = user;
+    fp.quantizer = {-1, -1};
+    return fp.run(w_fp, {}, x_cal);
+  }();
+  CHECK(r.report.initial_error == Approx(output_error(eval.run(w_rtn, q, x_cal), y_cal)).epsilon(1e-6));
+  for (double nb : r.report.non_binary_fraction) CHECK(nb < 0.05);
+  for (std::size_t j = 0; j < 2; ++j) CHECK(r.activation_quantizers[j].scale[0] != q[j].scale[0]);  // learned
+  for (std::size_t l = 0; l < 2; ++l)
+    for (std::size_t i = 0; i < r.weights[l].size(); ++i)
+      CHECK(r.weights[l].data()[i] ==
+            weights[l].weight_qparams.scale(i / weights[l].weight.shape()[1]) *
+                static_cast<float>(r.integer_weights[l].data()[i]));
+}
+
+TEST_CASE("built-in Linear + ReLU layers through the callback interface: bit-identical to the built-in path",
+          "[reconstruction]") {
+  const std::size_t in = 20;
+  std::vector<block_layer> layers = {linear(24, in, 31, activation::relu, 3), linear(8, 24, 32, activation::identity, 3)};
+  const auto x = block_inputs(200, in, 33);
+  attach_quantizers(layers, x, 4);
+  layers[0].input_quantizer.reset();  // a layer without a quantizer: the indices shift
+  xt::xtensor<float, 2> x_hat = x * 1.02f;
+  xt::xtensor<float, 2> fisher = xt::xtensor<float, 2>::from_shape({200, 8});
+  for (std::size_t i = 0; i < fisher.size(); ++i) fisher.data()[i] = 0.5f + 0.01f * static_cast<float>(i % 97);
+  block_options bo;
+  bo.iterations = 120;
+  bo.batch_size = 16;
+  bo.learning_rate = 1e-2f;
+  bo.scale_learning_rate = 1e-3f;
+  bo.warmup = 0.25f;
+  bo.seed = 9;
+  for (int variant = 0; variant < 2; ++variant) {
+    const auto* xh = variant ? &x_hat : nullptr;
+    const auto* fi = variant ? &fisher : nullptr;
+    const auto builtin = reconstruct_block(layers, x, bo, xh, fi);
+    user_linear_chain user;
+    std::vector<block_weight> weights;
+    std::vector<lsq_params> q;
+    for (const auto& L : layers) {
+      weights.push_back({L.weight, L.weight_qparams});
+      user.bias.push_back(L.bias);
+      user.act.push_back(L.act == activation::relu ? act_kind::relu : act_kind::identity);
+      user.quantizer.push_back(L.input_quantizer ? static_cast<int>(q.size()) : -1);
+      if (L.input_quantizer) q.push_back(*L.input_quantizer);
+    }
+    const auto custom = reconstruct_block(user.callbacks(), weights, q, x, bo, xh, fi);
+    for (std::size_t l = 0; l < layers.size(); ++l) {
+      quant_test::require_bitwise_equal(builtin.layers[l].weight, custom.weights[l], custom.weights[l].size(),
+                                        "hard weights, layer " + std::to_string(l));
+      CHECK(builtin.integer_weights[l] == custom.integer_weights[l]);
+      CHECK(builtin.report.non_binary_fraction[l] == custom.report.non_binary_fraction[l]);
+    }
+    REQUIRE(custom.activation_quantizers.size() == 1);
+    CHECK(builtin.layers[1].input_quantizer->scale[0] == custom.activation_quantizers[0].scale[0]);
+    CHECK(custom.activation_quantizers[0].scale[0] != q[0].scale[0]);
+    CHECK(builtin.report.initial_error == custom.report.initial_error);
+    CHECK(builtin.report.final_error == custom.report.final_error);
+  }
+}
+
+TEST_CASE("custom blocks: bad callbacks and misuse of the pass throw", "[reconstruction]") {
+  const auto x = normal_matrix(40, 6, 3);
+  std::vector<block_weight> weights = {{normal_matrix(4, 6, 1), {}}};
+  weights[0].weight_qparams = calibrate_minmax(weights[0].weight, grid::int_signed(4), scheme::symmetric, 0);
+  const std::vector<lsq_params> q = {activation_quantizer(x, grid::int_signed(4))};
+  block_options bo;
+  bo.iterations = 3;
+  bo.batch_size = 8;
+  user_linear_chain user;
+  user.bias = {xt::zeros<float>({4})};
+  user.act = {act_kind::relu};
+  user.quantizer = {0};
+  CHECK_NOTHROW(reconstruct_block(user.callbacks(), weights, q, x, bo));
+  CHECK_THROWS_AS(reconstruct_block(block_callbacks{}, weights, q, x, bo), quant::invalid_argument);
+  CHECK_THROWS_AS(reconstruct_block(user.callbacks(), {}, q, x, bo), quant::invalid_argument);
+  // a forward that drops a row
+  auto cb = user.callbacks();
+  auto fwd = cb.forward;
+  cb.forward = [fwd](block_pass& p, const xt::xtensor<float, 2>& xx, xt::xtensor<float, 2>& y) {
+    fwd(p, xx, y);
+    y = xt::view(y, xt::range(1, y.shape()[0]), xt::all());
+  };
+  CHECK_THROWS_AS(reconstruct_block(cb, weights, q, x, bo), quant::length_error);
+  // a quantizer used twice in one pass, one that does not exist, a gradient outside reconstruction
+  cb = user.callbacks();
+  cb.forward = [fwd](block_pass& p, const xt::xtensor<float, 2>& xx, xt::xtensor<float, 2>& y) {
+    xt::xtensor<float, 2> a = xx;
+    p.quantize(0, a);
+    fwd(p, xx, y);
+  };
+  CHECK_THROWS_WITH(reconstruct_block(cb, weights, q, x, bo), Catch::Contains("once per pass"));
+  cb.forward = [](block_pass& p, const xt::xtensor<float, 2>& xx, xt::xtensor<float, 2>& y) {
+    y = xx;
+    p.quantize(1, y);
+  };
+  CHECK_THROWS_AS(reconstruct_block(cb, weights, q, x, bo), quant::length_error);
+  cb.forward = [](block_pass& p, const xt::xtensor<float, 2>& xx, xt::xtensor<float, 2>& y) {
+    y = xx;
+    p.weight_gradient(0);
+  };
+  CHECK_THROWS_AS(reconstruct_block(cb, weights, q, x, bo), quant::invalid_argument);
+  auto bad_q = q;
+  bad_q[0].scale = {0.1f, 0.2f};
+  CHECK_THROWS_AS(reconstruct_block(user.callbacks(), weights, bad_q, x, bo), quant::invalid_argument);
+  auto xn = x;
+  xn(2, 2) = NAN;
+  CHECK_THROWS_AS(reconstruct_block(user.callbacks(), weights, q, xn, bo), quant::domain_error);
 }

@@ -14,13 +14,23 @@
 // each step).
 // QDrop: during reconstruction each activation quantizer (the block input's included)
 // returns, element by element, where(u < p, x_q, x), u ~ U[0,1) counter-based
-// (detail::counter_uniform keyed by the seed, the iteration and the layer; element index
-// = flat index in the mini-batch), so results are identical for any thread count. After
-// reconstruction p = 1 (always quantized). p = 1 during reconstruction is plain BRECQ.
-// Gradients: x_q branch through LSQ's straight-through backward (dx and ds), x branch
-// identity; weights through dW_soft/dV (adaround.hpp); ReLU 1[pre > 0].
-// Activations travel as row-major [samples, features] matrices; a conv layer's features
-// are its C*H*W input in NCHW order (conv outputs come back as [samples, out*OH*OW]).
+// (detail::counter_uniform keyed by the seed, the iteration and the quantizer's index;
+// element index = flat index in the mini-batch), so results are identical for any thread
+// count. After reconstruction p = 1 (always quantized). p = 1 during reconstruction is
+// plain BRECQ. Gradients: x_q branch through LSQ's straight-through backward (dx and ds),
+// x branch identity; weights through dW_soft/dV (adaround.hpp); ReLU 1[pre > 0].
+//
+// Two ways in, one loop (detail::block_engine):
+//  * reconstruct_block(layers, X, ...): a chain of block_layer (Linear / Conv2d with ReLU
+//    or identity and optional input quantizers), forward and backward written here.
+//    Activations travel as row-major [samples, features] matrices; a conv layer's
+//    features are its C*H*W input in NCHW order (conv outputs come back as
+//    [samples, out*OH*OW]).
+//  * reconstruct_block(callbacks, weights, quantizers, X, ...): any block. The user's
+//    forward/backward see a block_pass that hands out the weight of each layer (FP,
+//    soft or hard-rounded), applies the activation quantizers (QDrop included) and
+//    their backward, and receives dL/dW_soft; quant owns the AdaRound variables, the
+//    regularizer and beta schedule, Adam, the QDrop masks, mini-batches and the loss.
 // Every GEMM goes through BLAS outside any parallel region.
 #pragma once
 
@@ -231,22 +241,457 @@ inline xt::xtensor<float, 2> block_forward(const std::vector<block_layer>& layer
   return a;
 }
 
+// ====================================================================================
+// Custom blocks: the user supplies forward/backward, quant owns everything else
+// ====================================================================================
+
+// One weight tensor of a custom block that AdaRound rounds: W [out, in] as the user's
+// GEMMs consume it (conv: [out, C*KH*KW]) and its grid/scales (any granularity, fixed).
+struct block_weight {
+  xt::xtensor<float, 2> weight;
+  quant::qparams weight_qparams;
+};
+
+class block_pass;
+
+// A user-defined block (BRECQ with your own layers). quant calls
+//   forward(pass, x, y)  x [rows, in_features] -> y [rows, out_features] (resize y as
+//                        needed). Use pass.weight(l) as the weight of layer l (the FP
+//                        weight, the soft weight or the hard-rounded weight, depending on
+//                        the pass) and run every activation through
+//                        pass.quantize(j, a) where quantizer j sits (a no-op in the
+//                        full-precision pass). Rows may be a mini-batch or all
+//                        calibration rows.
+//   backward(pass, dy)   after a reconstruction forward on the same pass, with
+//                        dy = dL/dy [rows, out_features]: write dL/dW_soft of every layer
+//                        into pass.weight_gradient(l) (zeroed before the call) and, going
+//                        backwards, call pass.quantize_backward(j, d) on the gradient
+//                        that reaches the output of each quantizer j used in the forward
+//                        (it turns d into dL/d input of the quantizer and accumulates
+//                        dL/d step size).
+// quant owns the AdaRound variables, the regularizer and its beta schedule, Adam (V and
+// the step sizes), the QDrop masks, mini-batches and the (Fisher-weighted) loss.
+struct block_callbacks {
+  std::function<void(block_pass&, const xt::xtensor<float, 2>&, xt::xtensor<float, 2>&)> forward;
+  std::function<void(block_pass&, const xt::xtensor<float, 2>&)> backward;
+};
+
+// What reconstruct_block returns for a custom block.
+struct block_reconstruction {
+  std::vector<xt::xtensor<std::int32_t, 2>> integer_weights;  // per weight, on its grid
+  std::vector<xt::xtensor<float, 2>> weights;                 // fake-quantized s (q - z)
+  std::vector<lsq_params> activation_quantizers;              // with the learned step sizes
+  block_report report;
+};
+
 namespace detail {
-inline double block_error(const xt::xtensor<float, 2>& y, const xt::xtensor<float, 2>& target) {
-  double acc = 0.0;
-  for (std::size_t i = 0; i < y.size(); ++i) {
-    const double d = static_cast<double>(y.data()[i]) - target.data()[i];
-    acc += d * d;
-  }
-  return acc / static_cast<double>(y.shape()[0]);
+struct block_engine;
 }
+
+// The view of one forward (and backward) that quant hands to the callbacks.
+class block_pass {
+ public:
+  enum class stage {
+    full_precision,  // FP weights, quantizers off: the targets
+    reconstruction,  // soft weights, quantizers with QDrop (probability p of keeping x_q)
+    quantized        // RTN or hard-rounded weights, quantizers always on (p = 1): the reports
+  };
+
+  stage mode() const noexcept { return stage_; }
+  bool quantize_activations() const noexcept { return stage_ != stage::full_precision; }
+  std::size_t iteration() const noexcept { return k_; }  // 0-based, reconstruction passes
+  std::size_t layers() const noexcept { return weights_.size(); }
+  std::size_t quantizers() const noexcept { return quantizers_->size(); }
+
+  // The weight of layer l to use in this pass.
+  const xt::xtensor<float, 2>& weight(std::size_t l) const {
+    check_index(l, layers(), "weight", "l");
+    return *weights_[l];
+  }
+  // dL/dW_soft of layer l (shaped like the weight, zero on entry to backward).
+  xt::xtensor<float, 2>& weight_gradient(std::size_t l) {
+    if (stage_ != stage::reconstruction)
+      detail::fail<invalid_argument>("block_pass::weight_gradient", "mode", "not reconstruction",
+                                     "gradients exist only in reconstruction passes");
+    check_index(l, layers(), "weight_gradient", "l");
+    return (*grads_)[l];
+  }
+
+  // Activation quantizer j on `a` in place (per-tensor LSQ). Reconstruction passes keep
+  // the quantized value element by element with probability p (QDrop) and remember what
+  // quantize_backward needs; each quantizer may be used once per pass.
+  void quantize(std::size_t j, xt::xtensor<float, 2>& a);
+  // d = dL/d(output of quantizer j) -> dL/d(input), in place; adds dL/ds_j to the step
+  // size's gradient.
+  void quantize_backward(std::size_t j, xt::xtensor<float, 2>& d);
+
+ private:
+  friend struct detail::block_engine;
+  void check_index(std::size_t i, std::size_t n, const char* fn, const char* arg) const {
+    if (i >= n)
+      detail::fail<length_error>((std::string("block_pass::") + fn).c_str(), arg, i,
+                                 "must be < " + std::to_string(n));
+  }
+
+  stage stage_ = stage::full_precision;
+  std::size_t k_ = 0;
+  std::uint64_t seed_ = 0;
+  float p_ = 1.0f;
+  std::vector<const xt::xtensor<float, 2>*> weights_;
+  std::vector<xt::xtensor<float, 2>>* grads_ = nullptr;
+  const std::vector<lsq_params>* quantizers_ = nullptr;
+  // per quantizer: input of the last forward, QDrop keep mask, used flag, dL/ds
+  std::vector<xt::xtensor<float, 2>> inputs_;
+  std::vector<std::vector<float>> keep_;
+  std::vector<char> used_;
+  std::vector<float> dscale_;
+};
+
+inline void block_pass::quantize(std::size_t j, xt::xtensor<float, 2>& a) {
+  const char* fn = "block_pass::quantize";
+  check_index(j, quantizers(), "quantize", "j");
+  if (stage_ == stage::full_precision) return;
+  if (used_[j]) detail::fail<invalid_argument>(fn, "j", j, "each quantizer may be used once per pass");
+  used_[j] = 1;
+  const xt::xarray<float> q = eager::lsq_forward(a, (*quantizers_)[j]);
+  if (stage_ == stage::quantized || p_ >= 1.0f) {
+    if (stage_ == stage::reconstruction) {
+      inputs_[j] = a;
+      keep_[j].assign(a.size(), 1.0f);
+    }
+    std::copy(q.begin(), q.end(), a.begin());
+    return;
+  }
+  inputs_[j] = a;
+  keep_[j].resize(a.size());
+  const std::uint64_t stream = detail::counter_bits64(seed_ ^ 0x51d7c0a3e2b4f968ull, k_ * quantizers() + j);
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    const bool kq = detail::counter_uniform(stream, i) < p_;
+    keep_[j][i] = kq ? 1.0f : 0.0f;
+    if (kq) a.data()[i] = q.data()[i];
+  }
+}
+
+inline void block_pass::quantize_backward(std::size_t j, xt::xtensor<float, 2>& d) {
+  const char* fn = "block_pass::quantize_backward";
+  check_index(j, quantizers(), "quantize_backward", "j");
+  if (stage_ != stage::reconstruction || !used_[j])
+    detail::fail<invalid_argument>(fn, "j", j, "needs a reconstruction forward that used this quantizer");
+  if (d.size() != inputs_[j].size())
+    detail::fail<length_error>(fn, "d.shape()", detail::shape_string(d.shape()),
+                               "must equal the quantizer's input shape " + detail::shape_string(inputs_[j].shape()));
+  // x_q branch through LSQ's straight-through backward, the kept-FP branch as identity
+  xt::xtensor<float, 2> dq = d;
+  for (std::size_t i = 0; i < dq.size(); ++i) {
+    dq.data()[i] *= keep_[j][i];
+    d.data()[i] *= 1.0f - keep_[j][i];
+  }
+  xt::xtensor<float, 2> dxq;
+  const lsq_param_gradients pg = eager::lsq_backward(inputs_[j], dq, (*quantizers_)[j], dxq);
+  for (std::size_t i = 0; i < d.size(); ++i) d.data()[i] += dxq.data()[i];
+  dscale_[j] += pg.dscale[0];
+}
+
+namespace detail {
+
+inline void check_block_quantizer(const lsq_params& q, const char* fn, const std::string& at) {
+  q.grid.validate(fn);
+  if (q.scale.size() != 1 || q.channel_axis || q.has_offset() || q.convention != lsq_convention::paper)
+    fail<invalid_argument>(fn, "input_quantizer", "per-channel/offset/pytorch",
+                           at + "block quantizers are per-tensor LSQ (paper convention, no offset)");
+  check_scale(q.scale[0], fn);
+}
+
+// The reconstruction loop shared by custom and built-in blocks.
+struct block_engine {
+  static void begin(block_pass& pass, block_pass::stage s, const std::vector<const xt::xtensor<float, 2>*>& w) {
+    pass.stage_ = s;
+    pass.weights_ = w;
+    std::fill(pass.used_.begin(), pass.used_.end(), 0);
+    std::fill(pass.dscale_.begin(), pass.dscale_.end(), 0.0f);
+  }
+
+  static void forward(const block_callbacks& cb, block_pass& pass, const xt::xtensor<float, 2>& x,
+                      xt::xtensor<float, 2>& y, const char* fn) {
+    cb.forward(pass, x, y);
+    if (y.shape()[0] != x.shape()[0])
+      fail<length_error>(fn, "forward: y.shape()", shape_string(y.shape()),
+                         "must have one row per input row (" + std::to_string(x.shape()[0]) + ")");
+  }
+
+  static double error(const xt::xtensor<float, 2>& y, const xt::xtensor<float, 2>& t, const char* fn) {
+    if (y.shape()[1] != t.shape()[1])
+      fail<length_error>(fn, "forward: y.shape()", shape_string(y.shape()),
+                         "the block's output width changed from " + std::to_string(t.shape()[1]));
+    double acc = 0.0;
+    for (std::size_t i = 0; i < y.size(); ++i) {
+      const double d = static_cast<double>(y.data()[i]) - t.data()[i];
+      acc += d * d;
+    }
+    return acc / static_cast<double>(y.shape()[0]);
+  }
+
+  static block_reconstruction run(const block_callbacks& cb, const std::vector<block_weight>& weights,
+                                  const std::vector<lsq_params>& quantizers, const xt::xtensor<float, 2>& X,
+                                  const block_options& opt, const xt::xtensor<float, 2>* X_hat,
+                                  const xt::xtensor<float, 2>* fisher, const char* fn) {
+    opt.validate(fn);
+    if (!cb.forward || !cb.backward)
+      fail<invalid_argument>(fn, "callbacks", "empty", "forward and backward must both be set");
+    if (weights.empty()) fail<invalid_argument>(fn, "weights.size()", 0, "a block needs at least one weight");
+    for (std::size_t l = 0; l < weights.size(); ++l) {
+      if (weights[l].weight.size() == 0)
+        fail<invalid_argument>(fn, "weight.shape()", shape_string(weights[l].weight.shape()),
+                               "weight " + std::to_string(l) + ": must be non-empty");
+    }
+    for (std::size_t j = 0; j < quantizers.size(); ++j)
+      check_block_quantizer(quantizers[j], fn, "quantizer " + std::to_string(j) + ": ");
+    const std::size_t samples = X.shape()[0], nl = weights.size(), nq = quantizers.size();
+    if (samples == 0 || X.shape()[1] == 0)
+      fail<invalid_argument>(fn, "X.shape()", shape_string(X.shape()), "calibration data must be non-empty");
+    if (X_hat && (X_hat->shape()[0] != samples || X_hat->shape()[1] != X.shape()[1]))
+      fail<length_error>(fn, "X_hat.shape()", shape_string(X_hat->shape()),
+                         "must equal X.shape() = " + shape_string(X.shape()));
+    if (opt.batch_size > samples)
+      fail<invalid_argument>(fn, "batch_size", opt.batch_size,
+                             "exceeds the " + std::to_string(samples) + " calibration rows");
+    require_finite(X.data(), X.size(), fn, "X");
+    if (X_hat) require_finite(X_hat->data(), X_hat->size(), fn, "X_hat");
+    const xt::xtensor<float, 2>& xq_in = X_hat ? *X_hat : X;
+
+    std::vector<adaround_variables> vars;
+    vars.reserve(nl);
+    for (const block_weight& w : weights) vars.emplace_back(w.weight, w.weight_qparams, opt.learning_rate, fn);
+    std::vector<lsq_params> q = quantizers;
+    std::vector<xt::xtensor<float, 2>> grads(nl);
+    for (std::size_t l = 0; l < nl; ++l) grads[l] = xt::zeros<float>(weights[l].weight.shape());
+
+    block_pass pass;
+    pass.seed_ = opt.seed;
+    pass.p_ = opt.qdrop_probability;
+    pass.grads_ = &grads;
+    pass.quantizers_ = &q;
+    pass.inputs_.resize(nq);
+    pass.keep_.resize(nq);
+    pass.used_.assign(nq, 0);
+    pass.dscale_.assign(nq, 0.0f);
+    std::vector<const xt::xtensor<float, 2>*> w_fp(nl), w_soft(nl), w_q(nl);
+    for (std::size_t l = 0; l < nl; ++l) {
+      w_fp[l] = &weights[l].weight;
+      w_soft[l] = &vars[l].soft_weights();
+    }
+
+    // FP targets for all rows, then the error before: RTN weights, initial quantizers.
+    xt::xtensor<float, 2> target, y;
+    begin(pass, block_pass::stage::full_precision, w_fp);
+    forward(cb, pass, X, target, fn);
+    require_finite(target.data(), target.size(), fn, "forward(X) (the FP targets)");
+    const std::size_t out_f = target.shape()[1];
+    if (fisher) {
+      if (fisher->shape()[0] != samples || fisher->shape()[1] != out_f)
+        fail<length_error>(fn, "fisher.shape()", shape_string(fisher->shape()),
+                           "must be [" + std::to_string(samples) + ", " + std::to_string(out_f) + "]");
+      require_finite(fisher->data(), fisher->size(), fn, "fisher");
+    }
+    block_reconstruction result;
+    {
+      std::vector<xt::xtensor<float, 2>> rtn(nl);
+      for (std::size_t l = 0; l < nl; ++l) {
+        rtn[l] = eager::fake_quantize(weights[l].weight, weights[l].weight_qparams);
+        w_q[l] = &rtn[l];
+      }
+      begin(pass, block_pass::stage::quantized, w_q);
+      forward(cb, pass, xq_in, y, fn);
+      result.report.initial_error = error(y, target, fn);
+    }
+
+    const adaround_options sched = opt.as_adaround();
+    const std::size_t B = opt.batch_size;
+    std::vector<std::size_t> perm(samples);
+    for (std::size_t i = 0; i < samples; ++i) perm[i] = i;
+    std::vector<adam> s_opt;
+    for (std::size_t j = 0; j < nq; ++j) s_opt.emplace_back(1, adam_options{opt.scale_learning_rate});
+    xt::xtensor<float, 2> xb = xt::xtensor<float, 2>::from_shape({B, X.shape()[1]});
+    xt::xtensor<float, 2> tb = xt::xtensor<float, 2>::from_shape({B, out_f});
+    xt::xtensor<float, 2> fb = xt::xtensor<float, 2>::from_shape({B, out_f});
+    xt::xtensor<float, 2> dy = xt::xtensor<float, 2>::from_shape({B, out_f});
+
+    for (std::size_t k = 0; k < opt.iterations; ++k) {
+      sample_rows(perm, B, opt.seed, k);
+      gather_rows(xq_in, perm.data(), B, xb);
+      gather_rows(target, perm.data(), B, tb);
+      if (fisher) gather_rows(*fisher, perm.data(), B, fb);
+      begin(pass, block_pass::stage::reconstruction, w_soft);
+      pass.k_ = k;
+      forward(cb, pass, xb, y, fn);
+      if (y.shape()[1] != out_f) error(y, target, fn);  // throws: the width changed
+      // loss L = (1/B) sum F (y - t)^2 and dL/dy
+      double loss = 0.0;
+      const float two_over_b = 2.0f / static_cast<float>(B);
+      for (std::size_t i = 0; i < y.size(); ++i) {
+        const float diff = y.data()[i] - tb.data()[i];
+        const float f = fisher ? fb.data()[i] : 1.0f;
+        loss += static_cast<double>(f) * diff * diff;
+        dy.data()[i] = two_over_b * f * diff;
+      }
+      for (auto& g : grads) std::fill(g.begin(), g.end(), 0.0f);
+      cb.backward(pass, dy);
+      // updates: step sizes (cosine-decayed Adam), then every layer's V
+      const float lr_s = cosine_decay(opt.scale_learning_rate, k, opt.iterations);
+      if (opt.learn_activation_scales && lr_s > 0.0f)
+        for (std::size_t j = 0; j < nq; ++j) {
+          if (!pass.used_[j]) continue;
+          s_opt[j].set_learning_rate(lr_s);
+          s_opt[j].step(q[j].scale.data(), &pass.dscale_[j]);
+          clamp_scale(q[j]);
+        }
+      const bool warm = k < sched.warmup_iterations();
+      const float beta = sched.beta_at(k);
+      double reg = 0.0;
+      for (std::size_t l = 0; l < nl; ++l) {
+        std::copy(grads[l].begin(), grads[l].end(), vars[l].gradient().begin());
+        reg += vars[l].step(warm ? 0.0f : opt.lambda, beta);
+      }
+      if (opt.progress)
+        opt.progress(adaround_progress{k + 1, opt.iterations, loss / static_cast<double>(B), reg, beta, warm});
+    }
+
+    // Hard rounding, learned quantizers, report.
+    for (std::size_t l = 0; l < nl; ++l) {
+      result.report.flipped_fraction.push_back(vars[l].flipped_fraction());
+      result.report.non_binary_fraction.push_back(vars[l].non_binary_fraction());
+      result.weights.push_back(vars[l].hard_weights());
+      result.integer_weights.push_back(vars[l].integer_weights());
+    }
+    for (std::size_t l = 0; l < nl; ++l) w_q[l] = &result.weights[l];
+    result.activation_quantizers = q;
+    begin(pass, block_pass::stage::quantized, w_q);
+    forward(cb, pass, xq_in, y, fn);
+    result.report.final_error = error(y, target, fn);
+    result.report.iterations = opt.iterations;
+    return result;
+  }
+};
+
 }  // namespace detail
 
-// BRECQ + QDrop reconstruction of one block.
+// BRECQ + QDrop reconstruction of a custom block (see block_callbacks): `weights` are the
+// tensors AdaRound rounds (the callbacks see them as pass.weight(l)), `activation_quantizers`
+// the per-tensor LSQ quantizers the callbacks apply with pass.quantize(j, ...) (their step
+// sizes are learned). X [samples, in_features] the block input in the FP model, X_hat in
+// the quantized model (nullptr: X), fisher [samples, out_features] squared output
+// gradients (nullptr: unweighted). The targets and both reported errors run the forward
+// over all calibration rows at once. Throws quant::invalid_argument / length_error /
+// domain_error for bad options, shapes, empty callbacks or non-finite data.
+inline block_reconstruction reconstruct_block(const block_callbacks& block, const std::vector<block_weight>& weights,
+                                              const std::vector<lsq_params>& activation_quantizers,
+                                              const xt::xtensor<float, 2>& X, const block_options& opt = {},
+                                              const xt::xtensor<float, 2>* X_hat = nullptr,
+                                              const xt::xtensor<float, 2>* fisher = nullptr) {
+  return detail::block_engine::run(block, weights, activation_quantizers, X, opt, X_hat, fisher, "reconstruct_block");
+}
+
+// ====================================================================================
+// Built-in Linear / Conv2d + ReLU blocks, through the same machinery
+// ====================================================================================
+namespace detail {
+
+// The callbacks of a chain of block_layer (forward and backward with im2col for conv
+// layers). Buffers live here, sized on first use.
+class layer_block {
+ public:
+  explicit layer_block(const std::vector<block_layer>& layers) : layers_(&layers), n_(layers.size()) {
+    qidx_.assign(n_, npos);
+    for (std::size_t l = 0, j = 0; l < n_; ++l)
+      if (layers[l].input_quantizer) qidx_[l] = j++;
+    x_in_.resize(n_);
+    pre_.resize(n_);
+    cols_.resize(n_);
+    a_.resize(n_ + 1);
+  }
+  static constexpr std::size_t npos = static_cast<std::size_t>(-1);
+
+  std::vector<lsq_params> quantizers() const {
+    std::vector<lsq_params> q;
+    for (const block_layer& L : *layers_)
+      if (L.input_quantizer) q.push_back(*L.input_quantizer);
+    return q;
+  }
+  std::vector<block_weight> weights() const {
+    std::vector<block_weight> w;
+    for (const block_layer& L : *layers_) w.push_back(block_weight{L.weight, L.weight_qparams});
+    return w;
+  }
+  block_callbacks callbacks() {
+    block_callbacks cb;
+    cb.forward = [this](block_pass& p, const xt::xtensor<float, 2>& x, xt::xtensor<float, 2>& y) { forward(p, x, y); };
+    cb.backward = [this](block_pass& p, const xt::xtensor<float, 2>& dy) { backward(p, dy); };
+    return cb;
+  }
+
+  void forward(block_pass& pass, const xt::xtensor<float, 2>& x, xt::xtensor<float, 2>& y) {
+    const std::vector<block_layer>& layers = *layers_;
+    for (std::size_t l = 0; l < n_; ++l) {
+      x_in_[l] = l == 0 ? x : a_[l];
+      if (qidx_[l] != npos) pass.quantize(qidx_[l], x_in_[l]);
+      layer_preactivation(layers[l], pass.weight(l), x_in_[l], cols_[l], pre_[l]);
+      apply_activation(layers[l].act, pre_[l], l + 1 == n_ ? y : a_[l + 1]);
+    }
+  }
+
+  void backward(block_pass& pass, const xt::xtensor<float, 2>& dy) {
+    const std::vector<block_layer>& layers = *layers_;
+    d_ = dy;
+    const std::size_t B = dy.shape()[0];
+    for (std::size_t li = n_; li-- > 0;) {
+      const block_layer& L = layers[li];
+      for (std::size_t i = 0; i < d_.size(); ++i)
+        if (L.act == activation::relu && !(pre_[li].data()[i] > 0.0f)) d_.data()[i] = 0.0f;
+      const std::size_t out = L.weight.shape()[0];
+      const bool need_dx = li > 0 || qidx_[li] != npos;
+      const xt::xtensor<float, 2>& w = pass.weight(li);
+      if (L.type == block_layer::kind::linear) {
+        gemm_tn(d_, x_in_[li], pass.weight_gradient(li));
+        if (need_dx) {
+          dx_.resize({B, L.weight.shape()[1]});
+          xt::blas::gemm(d_, w, dx_);
+        }
+      } else {
+        const conv2d_shape& g = L.conv;
+        const std::size_t P = g.positions(), K = g.patch_size();
+        drows_.resize({B * P, out});
+        for (std::size_t b = 0; b < B; ++b)
+          kernels::planes_to_rows(d_.data() + b * out * P, drows_.data() + b * P * out, P, out);
+        gemm_tn(drows_, cols_[li], pass.weight_gradient(li));
+        if (need_dx) {
+          dcols_.resize({B * P, K});
+          xt::blas::gemm(drows_, w, dcols_);
+          dx_.resize({B, g.image_size()});
+          for (std::size_t b = 0; b < B; ++b)
+            kernels::col2im(dcols_.data() + b * P * K, dx_.data() + b * g.image_size(), g);
+        }
+      }
+      if (qidx_[li] != npos) pass.quantize_backward(qidx_[li], dx_);
+      if (li > 0) std::swap(d_, dx_);
+    }
+  }
+
+ private:
+  const std::vector<block_layer>* layers_;
+  std::size_t n_;
+  std::vector<std::size_t> qidx_;  // layer -> quantizer index (npos: none)
+  std::vector<xt::xtensor<float, 2>> x_in_, pre_, cols_, a_;
+  xt::xtensor<float, 2> d_, dx_, drows_, dcols_;
+};
+
+}  // namespace detail
+
+// BRECQ + QDrop reconstruction of a chain of Linear / Conv2d layers (block_layer).
 // X: the block input in the full-precision model [samples, in_features]; X_hat: in the
 // quantized model (nullptr: X); fisher: [samples, out_features] squared output gradients
 // (nullptr: unweighted). Returns the quantized block and a report (errors on the
-// calibration data, X_hat input). Throws quant::invalid_argument / length_error /
+// calibration data, X_hat input). The same loop as the custom-block overload, with
+// quant's own forward/backward. Throws quant::invalid_argument / length_error /
 // domain_error for bad options, shapes or non-finite data.
 inline block_result reconstruct_block(const std::vector<block_layer>& layers, const xt::xtensor<float, 2>& X,
                                       const block_options& opt = {}, const xt::xtensor<float, 2>* X_hat = nullptr,
@@ -254,156 +699,20 @@ inline block_result reconstruct_block(const std::vector<block_layer>& layers, co
   const char* fn = "reconstruct_block";
   opt.validate(fn);
   detail::check_block(layers, fn);
-  const std::size_t samples = X.shape()[0], nl = layers.size();
-  if (samples == 0) detail::fail<invalid_argument>(fn, "X.shape()", detail::shape_string(X.shape()), "calibration data must have at least one row");
-  if (X.shape()[1] != layers.front().in_features())
+  if (X.shape()[0] > 0 && X.shape()[1] != layers.front().in_features())
     detail::fail<length_error>(fn, "X.shape()", detail::shape_string(X.shape()),
                                "must be [samples, " + std::to_string(layers.front().in_features()) + "]");
-  if (X_hat && (X_hat->shape()[0] != samples || X_hat->shape()[1] != X.shape()[1]))
-    detail::fail<length_error>(fn, "X_hat.shape()", detail::shape_string(X_hat->shape()),
-                               "must equal X.shape() = " + detail::shape_string(X.shape()));
-  if (opt.batch_size > samples)
-    detail::fail<invalid_argument>(fn, "batch_size", opt.batch_size,
-                                   "exceeds the " + std::to_string(samples) + " calibration rows");
-  detail::require_finite(X.data(), X.size(), fn, "X");
-  if (X_hat) detail::require_finite(X_hat->data(), X_hat->size(), fn, "X_hat");
-  const xt::xtensor<float, 2>& xq_in = X_hat ? *X_hat : X;
-
-  // FP targets for all rows.
-  const xt::xtensor<float, 2> target = block_forward(layers, X, false);
-  const std::size_t out_f = target.shape()[1];
-  if (fisher) {
-    if (fisher->shape()[0] != samples || fisher->shape()[1] != out_f)
-      detail::fail<length_error>(fn, "fisher.shape()", detail::shape_string(fisher->shape()),
-                                 "must be [" + std::to_string(samples) + ", " + std::to_string(out_f) + "]");
-    detail::require_finite(fisher->data(), fisher->size(), fn, "fisher");
-  }
-
-  // Per-layer AdaRound state: V, the soft weight, dL/dW_soft, Adam.
-  std::vector<block_layer> work = layers;
-  std::vector<adaround_variables> vars;
-  vars.reserve(nl);
-  for (std::size_t l = 0; l < nl; ++l)
-    vars.emplace_back(layers[l].weight, layers[l].weight_qparams, opt.learning_rate, fn);
-  std::vector<adam> s_opt;
-  for (std::size_t l = 0; l < nl; ++l) s_opt.emplace_back(1, adam_options{opt.scale_learning_rate});
-
-  // Error before: round-to-nearest weights, initial quantizers.
+  detail::layer_block block(layers);
+  block_reconstruction r =
+      detail::block_engine::run(block.callbacks(), block.weights(), block.quantizers(), X, opt, X_hat, fisher, fn);
   block_result result;
-  {
-    std::vector<block_layer> rtn = layers;
-    for (auto& L : rtn) L.weight = eager::fake_quantize(L.weight, L.weight_qparams);
-    result.report.initial_error = detail::block_error(block_forward(rtn, xq_in, true), target);
+  result.layers = layers;
+  for (std::size_t l = 0, j = 0; l < layers.size(); ++l) {
+    result.layers[l].weight = std::move(r.weights[l]);
+    if (result.layers[l].input_quantizer) *result.layers[l].input_quantizer = r.activation_quantizers[j++];
   }
-
-  const adaround_options sched = opt.as_adaround();
-  const std::size_t B = opt.batch_size;
-  std::vector<std::size_t> perm(samples);
-  for (std::size_t i = 0; i < samples; ++i) perm[i] = i;
-  std::vector<xt::xtensor<float, 2>> a(nl + 1), x_in(nl), pre(nl), cols(nl);
-  std::vector<std::vector<float>> keep(nl);  // 1 where the quantized value was kept
-  xt::xtensor<float, 2> d, dx, tb = xt::xtensor<float, 2>::from_shape({B, out_f});
-  xt::xtensor<float, 2> fb = xt::xtensor<float, 2>::from_shape({B, out_f});
-  a[0] = xt::xtensor<float, 2>::from_shape({B, X.shape()[1]});
-
-  for (std::size_t k = 0; k < opt.iterations; ++k) {
-    detail::sample_rows(perm, B, opt.seed, k);
-    detail::gather_rows(xq_in, perm.data(), B, a[0]);
-    detail::gather_rows(target, perm.data(), B, tb);
-    if (fisher) detail::gather_rows(*fisher, perm.data(), B, fb);
-    // forward with QDrop
-    for (std::size_t l = 0; l < nl; ++l) {
-      const block_layer& L = work[l];
-      x_in[l] = a[l];
-      if (L.input_quantizer) {
-        const xt::xarray<float> q = eager::lsq_forward(a[l], *L.input_quantizer);
-        keep[l].resize(a[l].size());
-        const std::uint64_t stream = detail::counter_bits64(opt.seed ^ 0x51d7c0a3e2b4f968ull, k * nl + l);
-        for (std::size_t i = 0; i < a[l].size(); ++i) {
-          const bool kq = opt.qdrop_probability >= 1.0f || detail::counter_uniform(stream, i) < opt.qdrop_probability;
-          keep[l][i] = kq ? 1.0f : 0.0f;
-          if (kq) x_in[l].data()[i] = q.data()[i];
-        }
-      }
-      detail::layer_preactivation(L, vars[l].soft_weights(), x_in[l], cols[l], pre[l]);
-      detail::apply_activation(L.act, pre[l], a[l + 1]);
-    }
-    // loss and dL/dy
-    const xt::xtensor<float, 2>& y = a[nl];
-    d.resize(y.shape());
-    double loss = 0.0;
-    const float two_over_b = 2.0f / static_cast<float>(B);
-    for (std::size_t i = 0; i < y.size(); ++i) {
-      const float diff = y.data()[i] - tb.data()[i];
-      const float f = fisher ? fb.data()[i] : 1.0f;
-      loss += static_cast<double>(f) * diff * diff;
-      d.data()[i] = two_over_b * f * diff;
-    }
-    // backward
-    const bool warm = k < sched.warmup_iterations();
-    const float beta = sched.beta_at(k);
-    double reg = 0.0;
-    const float lr_s = cosine_decay(opt.scale_learning_rate, k, opt.iterations);
-    for (std::size_t li = nl; li-- > 0;) {
-      block_layer& L = work[li];
-      for (std::size_t i = 0; i < d.size(); ++i)
-        if (L.act == activation::relu && !(pre[li].data()[i] > 0.0f)) d.data()[i] = 0.0f;
-      const std::size_t out = L.weight.shape()[0];
-      const bool need_dx = li > 0 || L.input_quantizer.has_value();
-      if (L.type == block_layer::kind::linear) {
-        detail::gemm_tn(d, x_in[li], vars[li].gradient());
-        if (need_dx) {
-          dx.resize({B, L.weight.shape()[1]});
-          xt::blas::gemm(d, vars[li].soft_weights(), dx);
-        }
-      } else {
-        const conv2d_shape& g = L.conv;
-        const std::size_t P = g.positions(), K = g.patch_size();
-        xt::xtensor<float, 2> drows = xt::xtensor<float, 2>::from_shape({B * P, out});
-        for (std::size_t b = 0; b < B; ++b)
-          kernels::planes_to_rows(d.data() + b * out * P, drows.data() + b * P * out, P, out);
-        detail::gemm_tn(drows, cols[li], vars[li].gradient());
-        if (need_dx) {
-          xt::xtensor<float, 2> dcols = xt::xtensor<float, 2>::from_shape({B * P, K});
-          xt::blas::gemm(drows, vars[li].soft_weights(), dcols);
-          dx.resize({B, g.image_size()});
-          for (std::size_t b = 0; b < B; ++b) kernels::col2im(dcols.data() + b * P * K, dx.data() + b * g.image_size(), g);
-        }
-      }
-      // activation quantizer: split dx between the quantized and the kept-FP elements
-      if (L.input_quantizer) {
-        xt::xtensor<float, 2> dq = dx;
-        for (std::size_t i = 0; i < dq.size(); ++i) {
-          dq.data()[i] *= keep[li][i];
-          dx.data()[i] *= 1.0f - keep[li][i];
-        }
-        xt::xtensor<float, 2> dxq;
-        const lsq_param_gradients pg = eager::lsq_backward(a[li], dq, *L.input_quantizer, dxq);
-        for (std::size_t i = 0; i < dx.size(); ++i) dx.data()[i] += dxq.data()[i];
-        if (opt.learn_activation_scales && lr_s > 0.0f) {
-          s_opt[li].set_learning_rate(lr_s);
-          s_opt[li].step(L.input_quantizer->scale.data(), pg.dscale.data());
-          clamp_scale(*L.input_quantizer);
-        }
-      }
-      // AdaRound step for this layer
-      reg += vars[li].step(warm ? 0.0f : opt.lambda, beta);
-      if (li > 0) std::swap(d, dx);
-    }
-    if (opt.progress)
-      opt.progress(adaround_progress{k + 1, opt.iterations, loss / static_cast<double>(B), warm ? 0.0 : reg, beta, warm});
-  }
-
-  // Hard rounding, report.
-  result.layers = work;
-  for (std::size_t l = 0; l < nl; ++l) {
-    result.report.flipped_fraction.push_back(vars[l].flipped_fraction());
-    result.report.non_binary_fraction.push_back(vars[l].non_binary_fraction());
-    result.layers[l].weight = vars[l].hard_weights();
-    result.integer_weights.push_back(vars[l].integer_weights());
-  }
-  result.report.final_error = detail::block_error(block_forward(result.layers, xq_in, true), target);
-  result.report.iterations = opt.iterations;
+  result.integer_weights = std::move(r.integer_weights);
+  result.report = std::move(r.report);
   return result;
 }
 
