@@ -27,9 +27,18 @@
 //    adaround_regularizer_terms, adaround_regularizer_grad; eager adaround_init,
 //    adaround_regularizer, adaround_integer_weights.
 //  * kernels::adaround_fused_step: the per-iteration pass over V (soft-weight gradient, h',
-//    regularizer gradient, Adam, next soft weight) in one sweep.
+//    regularizer gradient, Adam, next sigmoid and soft weight) in one sweep, keeping
+//    sigmoid(V) between iterations (one sigmoid per element per iteration) and skipping
+//    the work of packs whose h is already binary; kernels::adaround_soft_weights sets up
+//    its state.
+//  * adaround_variables: V, its Adam state and the soft weight of one weight tensor (the
+//    unit the layer optimizer, block reconstruction and custom trainers share).
 //  * adaround_optimizer / adaround_layer: the layer optimizer (two GEMMs + the fused pass per
 //    iteration), adaround_progress_printer for terminals.
+// Numerics: every operation is the IEEE one in float except exp and log. SIMD packs use
+// xsimd's exp and a division-free log (Cephes' logf polynomial, within 2 ulp, tested);
+// scalar code uses std::exp / std::log, so SIMD and scalar results agree to a few ulp,
+// not bit for bit. The pow of the regularizer is exp((beta - 1) log|2h-1|) times |2h-1|.
 // Data layout of the layer optimizer: rows are samples. W [out, in], X [samples, in]
 // (a Linear layer's input batch, or a conv layer's im2col matrix, see im2col.hpp), so a
 // mini-batch is a gather of contiguous rows and both GEMMs run on it in place:
