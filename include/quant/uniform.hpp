@@ -67,10 +67,12 @@ constexpr void require_deterministic() {
 }
 }  // namespace detail
 
-// x -> fake_quantize(x) with one (s, z); vectorizes under XTENSOR_USE_XSIMD.
+// x -> fake_quantize(x) with one (s, z); vectorizes under XTENSOR_USE_XSIMD. Holds the
+// clamp-first bounds lo = qmin - z, hi = qmax - z (detail/affine_run.hpp), so a pack costs
+// loads of its four parameters and no arithmetic on them.
 template <class Round = round_half_to_even, class Convention = pytorch_convention>
 struct fake_quantize_functor {
-  float scale, inv_scale, zero_point, qmin, qmax;
+  float scale, inv_scale, lo, hi;
 
   template <class T>
   float operator()(const T& x) const noexcept {
@@ -84,7 +86,7 @@ struct fake_quantize_functor {
  private:
   template <class P>
   QUANT_ALWAYS_INLINE P apply(const P& x) const noexcept {
-    const detail::bounded_pack<P> a{P(scale), P(inv_scale), P(qmin - zero_point), P(qmax - zero_point)};
+    const detail::bounded_pack<P> a{P(scale), P(inv_scale), P(lo), P(hi)};
     return detail::fake_quant_value<Round, Convention>(x, a, detail::plain_rounder<Round>{});
   }
 };
@@ -202,7 +204,7 @@ auto fake_quantize(E&& e, float scale, std::int32_t zero_point, grid g) {
   const qparams p = qparams::per_tensor(g, scale, zero_point);  // validates
   using F = fake_quantize_functor<Round, Convention>;
   return xt::xfunction<F, xt::const_xclosure_t<E>>(
-      F{scale, 1.0f / scale, static_cast<float>(zero_point), static_cast<float>(p.qmin()), static_cast<float>(p.qmax())},
+      F{scale, 1.0f / scale, static_cast<float>(p.qmin() - zero_point), static_cast<float>(p.qmax() - zero_point)},
       std::forward<E>(e));
 }
 
@@ -258,13 +260,14 @@ template <class Arch = simd::default_arch, class Round = round_half_to_even, cla
 void fake_quantize(const float* x, float* y, const detail::segment_plan& plan, [[maybe_unused]] float qmin,
                    [[maybe_unused]] float qmax, const Round& round = {}) noexcept {
   assert(qmin == plan.qmin && qmax == plan.qmax);
+  const detail::bounded_tables tables = detail::bounded_tables_of(plan);
   auto chunk = [&](auto stream, std::size_t begin, std::size_t end) {
     constexpr bool Stream = decltype(stream)::value;
     detail::for_each_run(plan, begin, end, [&](std::size_t e0, std::size_t len, std::size_t po) QUANT_INLINE_LAMBDA {
       const float* xs = x + e0;
       float* ys = y + e0;
-      detail::bounded_run<Arch>(
-          plan, len, po,
+      detail::bounded_run<Arch, Stream>(
+          tables, len, po,
           [&](std::size_t i, const auto& a) QUANT_INLINE_LAMBDA {
             using P = std::decay_t<decltype(a.scale)>;
             using A = simd::arch_of<P>;
@@ -276,14 +279,17 @@ void fake_quantize(const float* x, float* y, const detail::segment_plan& plan, [
             } else
               simd::store(ys + i, v);
           },
-          Stream ? ys : nullptr);
+          ys);
     });
     if constexpr (Stream) detail::stream_fence();
   };
-  if (detail::use_streaming_stores<Arch>(plan.n))
-    detail::for_each_chunk(plan, [&](std::size_t b, std::size_t e) { chunk(std::true_type{}, b, e); });
-  else
-    detail::for_each_chunk(plan, [&](std::size_t b, std::size_t e) { chunk(std::false_type{}, b, e); });
+  if constexpr (detail::can_stream<simd::pack<float, Arch>>::value) {
+    if (detail::use_streaming_stores<Arch>(plan.n)) {
+      detail::for_each_chunk(plan, [&](std::size_t b, std::size_t e) { chunk(std::true_type{}, b, e); });
+      return;
+    }
+  }
+  detail::for_each_chunk(plan, [&](std::size_t b, std::size_t e) { chunk(std::false_type{}, b, e); });
 }
 
 // q = quantize(x) into integers. Returns the number of NaN inputs met (their q is
@@ -294,12 +300,13 @@ std::size_t quantize(const float* x, Int* q, const detail::segment_plan& plan, [
                      [[maybe_unused]] float qmax, const Round& round = {}) noexcept {
   assert(qmin == plan.qmin && qmax == plan.qmax);
   std::atomic<std::size_t> nan_total{0};  // an integer count: any order of additions is exact
+  const detail::bounded_tables tables = detail::bounded_tables_of(plan);
   detail::for_each_chunk(plan, [&](std::size_t begin, std::size_t end) {
     std::size_t nans = 0;
     detail::for_each_run(plan, begin, end, [&](std::size_t e0, std::size_t len, std::size_t po) QUANT_INLINE_LAMBDA {
       const float* xs = x + e0;
       Int* qs = q + e0;
-      detail::bounded_run<Arch>(plan, len, po, [&](std::size_t i, const auto& a) QUANT_INLINE_LAMBDA {
+      detail::bounded_run<Arch>(tables, len, po, [&](std::size_t i, const auto& a) QUANT_INLINE_LAMBDA {
         using P = std::decay_t<decltype(a.scale)>;
         using A = simd::arch_of<P>;
         constexpr std::size_t L = simd::lanes<float, A>;

@@ -162,12 +162,20 @@ inline bool use_streaming_stores(std::size_t n) noexcept {
   return can_stream<simd::pack<float, Arch>>::value && n * sizeof(float) >= streaming_min_bytes;
 }
 
+// The clamp-first tables of a plan, read once per chunk (not per run).
+struct bounded_tables {
+  const float *s, *inv, *lo, *hi;
+  bool vector_params;
+};
+inline bounded_tables bounded_tables_of(const segment_plan& plan) noexcept {
+  return {plan.scale(), plan.inv_scale(), plan.lo(), plan.hi(), plan.vector_params};
+}
+
 // Walks one run with the clamp-first parameters: op(i, a) for packs (two per step), then
 // for single floats; P and float bodies are the same code. VectorParams: the tables s,
-// inv, lo, hi are parallel to the run; else their first entries hold for all of it. With
-// `align_to`, single floats come first until align_to + i is pack-aligned (for
-// streaming stores).
-template <class Arch, bool VectorParams, class Op>
+// inv, lo, hi are parallel to the run; else their first entries hold for all of it.
+// Align: single floats first until align_to + i is pack-aligned (streaming stores).
+template <class Arch, bool VectorParams, bool Align = false, class Op>
 QUANT_ALWAYS_INLINE void bounded_run(std::size_t len, const float* s, const float* inv, const float* lo,
                                      const float* hi, Op&& op, const float* align_to = nullptr) noexcept {
   using P = simd::pack<float, Arch>;
@@ -177,7 +185,7 @@ QUANT_ALWAYS_INLINE void bounded_run(std::size_t len, const float* s, const floa
     op(i, bounded_pack<float>{s[k], inv[k], lo[k], hi[k]});
   };
   std::size_t i = 0;
-  if (align_to)
+  if constexpr (Align)
     while (i < len && (reinterpret_cast<std::uintptr_t>(align_to + i) % (L * sizeof(float))) != 0) one(i++);
   if constexpr (VectorParams) {
     auto pack_at = [&](std::size_t j) QUANT_INLINE_LAMBDA {
@@ -194,16 +202,14 @@ QUANT_ALWAYS_INLINE void bounded_run(std::size_t len, const float* s, const floa
   for (; i < len; ++i) one(i);
 }
 
-// bounded_run over one run of a plan (param offset po), choosing the table mode.
-template <class Arch, class Op>
-QUANT_ALWAYS_INLINE void bounded_run(const segment_plan& plan, std::size_t len, std::size_t po, Op&& op,
+// bounded_run over one run of a plan's tables (parameter offset po), choosing the mode.
+template <class Arch, bool Align = false, class Op>
+QUANT_ALWAYS_INLINE void bounded_run(const bounded_tables& t, std::size_t len, std::size_t po, Op&& op,
                                      const float* align_to = nullptr) noexcept {
-  if (plan.vector_params)
-    bounded_run<Arch, true>(len, plan.scale() + po, plan.inv_scale() + po, plan.lo() + po, plan.hi() + po, op,
-                            align_to);
+  if (t.vector_params)
+    bounded_run<Arch, true, Align>(len, t.s + po, t.inv + po, t.lo + po, t.hi + po, op, align_to);
   else
-    bounded_run<Arch, false>(len, plan.scale() + po, plan.inv_scale() + po, plan.lo() + po, plan.hi() + po, op,
-                             align_to);
+    bounded_run<Arch, false, Align>(len, t.s + po, t.inv + po, t.lo + po, t.hi + po, op, align_to);
 }
 
 }  // namespace detail

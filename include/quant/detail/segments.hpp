@@ -214,55 +214,34 @@ void for_each_chunk(const segment_plan& plan, Chunk&& chunk) {
 }
 
 // Calls run(elem_begin, len, param_offset) for the runs of [begin, end): maximal stretches
-// inside one segment. Short segments are stepped with a cursor (no division per run).
+// inside one segment. A cursor steps over segments (no division per run), and `run` has a
+// single call site, so a kernel body is inlined once per table mode, not once per kind.
 template <class Run>
 QUANT_ALWAYS_INLINE void for_each_run(const segment_plan& plan, std::size_t begin, std::size_t end, Run&& run) {
   using kind = segment_plan::kind;
   if (begin >= end) return;
-  if (plan.k == kind::per_tensor) {
-    run(begin, end - begin, std::size_t(0));
-    return;
-  }
-  const std::size_t L = plan.length;
-  std::size_t seg = begin / L;
-  std::size_t off = begin - seg * L;
-  if (plan.k == kind::channel_vector) {  // one table row per segment: offset = position in the row
-    while (begin < end) {
-      const std::size_t len = (L - off < end - begin) ? L - off : end - begin;
-      run(begin, len, off);
-      begin += len;
-      off = 0;
+  const kind k = plan.k;
+  const std::size_t L = plan.length, C = plan.channels, g = plan.group, inner = plan.inner;
+  std::size_t seg = begin / L, off = begin - seg * L;
+  std::size_t c = seg % C;                           // channel of the segment
+  std::size_t row = (seg / C) * (C / g) + c / g;     // group_vector: parameter row
+  std::size_t in_group = c % g;
+  while (begin < end) {
+    const std::size_t len = (L - off < end - begin) ? L - off : end - begin;
+    std::size_t po = 0;
+    switch (k) {
+      case kind::per_tensor: po = 0; break;
+      case kind::channel_scalar: po = c; break;
+      case kind::channel_vector: po = off; break;  // one expanded table row per segment
+      case kind::group_scalar: po = seg; break;
+      case kind::group_vector: po = row * inner + off; break;
     }
-    return;
-  }
-  // The remaining kinds step a cursor over segments, one loop per kind (no switch per run).
-  auto walk = [&](auto&& param_of) QUANT_INLINE_LAMBDA {
-    while (begin < end) {
-      const std::size_t len = (L - off < end - begin) ? L - off : end - begin;
-      run(begin, len, param_of(off));
-      begin += len;
-      off = 0;
-    }
-  };
-  const std::size_t C = plan.channels;
-  if (plan.k == kind::channel_scalar) {
-    std::size_t c = seg % C;
-    walk([&](std::size_t) QUANT_INLINE_LAMBDA {
-      const std::size_t po = c;
-      if (++c == C) c = 0;
-      return po;
-    });
-  } else if (plan.k == kind::group_scalar) {
-    walk([&](std::size_t) QUANT_INLINE_LAMBDA { return seg++; });
-  } else {  // group_vector: row (o * C/g + c/g) * inner of the parameter table
-    const std::size_t g = plan.group;
-    std::size_t c = seg % C, o = seg / C;
-    std::size_t row = o * (C / g) + c / g, in_group = c % g;
-    walk([&](std::size_t off_in_seg) QUANT_INLINE_LAMBDA {
-      const std::size_t po = row * plan.inner + off_in_seg;
-      if (++in_group == g) in_group = 0, ++row;  // the next group, or the next outer row's first
-      return po;
-    });
+    run(begin, len, po);
+    begin += len;
+    off = 0;
+    ++seg;
+    if (++c == C) c = 0;
+    if (++in_group == g) in_group = 0, ++row;  // the next group, or the next outer row's first
   }
 }
 
