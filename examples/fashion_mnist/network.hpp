@@ -245,7 +245,6 @@ inline matrix forward(const network& net, matrix act, const forward_hooks* hooks
 struct gradients {
   std::vector<matrix> dW;
   std::vector<vector> db;
-  std::vector<matrix> dinput;  // d loss / d (hooked) input activations of each layer
 };
 
 // Backward from d logits. `hooks` must be the ones the forward used (for the weights).
@@ -257,7 +256,6 @@ inline gradients backward(const network& net, const std::vector<layer_cache>& ca
   gradients g;
   g.dW.resize(n_layers);
   g.db.resize(n_layers);
-  g.dinput.resize(n_layers);
   const std::size_t B = dout.shape()[0];
   for (std::size_t li = n_layers; li-- > 0;) {
     const layer& L = net.layers[li];
@@ -291,7 +289,6 @@ inline gradients backward(const network& net, const std::vector<layer_cache>& ca
       dout = std::move(dX);
     }
     if (input_grad_hook) input_grad_hook(li, dout);
-    g.dinput[li] = dout;
   }
   return g;
 }
