@@ -9,6 +9,7 @@
 // the exit status.
 #include <malloc.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -27,10 +28,21 @@ using namespace examples;
 
 namespace {
 
+// The directory of this executable (the build tree): default home of the cache and results,
+// so that running the demo from the source tree does not write into it.
+std::string executable_dir() {
+  char buf[4096];
+  const ssize_t n = ::readlink("/proc/self/exe", buf, sizeof buf - 1);
+  if (n <= 0) return ".";
+  std::string p(buf, static_cast<std::size_t>(n));
+  const auto slash = p.rfind('/');
+  return slash == std::string::npos ? "." : p.substr(0, slash);
+}
+
 struct demo_options {
   std::string data_dir = "/usr/share/datasets/fashion-mnist";
-  std::string cache_dir = ".";
-  std::string out_dir = ".";
+  std::string cache_dir = executable_dir() + "/cache";
+  std::string out_dir = executable_dir();
   bool quick = false;
   bool check = false;
   bool retrain = false;
