@@ -9,7 +9,9 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <fstream>
+#include <random>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
@@ -125,7 +127,7 @@ bool no_leftovers() {
 }  // namespace
 
 TEST_CASE("quant --help for the tool and every subcommand") {
-  for (const char* sub : {"", "fake-quant ", "quantize ", "calibrate ", "lsq-grad ", "adaround "}) {
+  for (const char* sub : {"", "fake-quant ", "quantize ", "calibrate ", "lsq-grad ", "adaround ", "kurtosis ", "pq "}) {
     const auto r = run(std::string(sub) + "--help");
     INFO(sub << r.output);
     CHECK(r.code == 0);
@@ -425,4 +427,282 @@ TEST_CASE("usage errors exit with 2") {
     CHECK_FALSE(r.output.empty());
     CHECK_FALSE(exists(path("u_out.npy")));
   }
+}
+
+// ---- kurtosis and pq -----------------------------------------------------------------------
+
+namespace {
+
+// Population kurtosis m4 / m2^2 of the float values, in double, two passes.
+double kurtosis_ref(const std::vector<float>& v) {
+  double mean = 0.0;
+  for (float x : v) mean += x;
+  mean /= static_cast<double>(v.size());
+  double m2 = 0.0, m4 = 0.0;
+  for (float x : v) {
+    const double y = static_cast<double>(x) - mean;
+    m2 += y * y;
+    m4 += y * y * y * y;
+  }
+  m2 /= static_cast<double>(v.size());
+  m4 /= static_cast<double>(v.size());
+  return m4 / (m2 * m2);
+}
+
+std::vector<float> gaussian(std::size_t n, unsigned seed) {
+  std::mt19937 g(seed);
+  std::normal_distribution<float> dist(0.0f, 1.0f);
+  std::vector<float> v(n);
+  for (auto& x : v) x = dist(g);
+  return v;
+}
+
+std::vector<std::uint8_t> read_bytes(const std::string& p) {
+  std::ifstream f(p, std::ios::binary);
+  REQUIRE(f);
+  return std::vector<std::uint8_t>((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+}
+
+// LSB-first bit stream, `bits` per index.
+std::vector<std::uint32_t> unpack_ref(const std::vector<std::uint8_t>& bytes, std::size_t count, unsigned bits) {
+  std::vector<std::uint32_t> out(count, 0);
+  for (std::size_t i = 0; i < count; ++i)
+    for (unsigned b = 0; b < bits; ++b) {
+      const std::size_t bit = i * bits + b;
+      out[i] |= static_cast<std::uint32_t>((bytes[bit / 8] >> (bit % 8)) & 1u) << b;
+    }
+  return out;
+}
+
+double sq_dist(const float* a, const float* b, std::size_t d) {
+  double s = 0.0;
+  for (std::size_t j = 0; j < d; ++j) s += (double(a[j]) - double(b[j])) * (double(a[j]) - double(b[j]));
+  return s;
+}
+
+}  // namespace
+
+TEST_CASE("kurtosis: per-file kurtosis, KURE terms and loss match double computations") {
+  // A Gaussian sample (K near 3), an equispaced grid on [-1, 1] (K = 1.8 up to O(1/n^2)), a
+  // heavy-tailed file (cubes of Gaussians) and a constant, checked against kurtosis_ref.
+  const std::vector<float> g = gaussian(5000, 7);
+  std::vector<float> u(1000);
+  for (std::size_t i = 0; i < u.size(); ++i) u[i] = -1.0f + 2.0f * static_cast<float>(i) / 999.0f;
+  std::vector<float> h = gaussian(2000, 11);
+  for (auto& x : h) x = x * x * x;  // heavier tails
+  write_f32(path("k_gauss.npy"), {50, 100}, g);
+  write_f32(path("k_unif.npy"), {1000}, u);
+  write_f32(path("k_heavy.npy"), {20, 10, 10}, h);
+  write_f32(path("k_const.npy"), {4}, {0.5f, 0.5f, 0.5f, 0.5f});
+  const std::string files = " -i " + path("k_gauss.npy") + " -i " + path("k_unif.npy") + " -i " + path("k_heavy.npy") +
+                            " -i " + path("k_const.npy");
+  const std::vector<std::vector<float>> data = {g, u, h};
+  for (const bool unbiased : {false, true}) {
+    std::remove(path("k.json").c_str());
+    const auto r = run("kurtosis" + files + " --target 2.0 -o " + path("k.json") + (unbiased ? " --unbiased" : ""));
+    INFO(r.output);
+    REQUIRE(r.code == 0);
+    CHECK_THAT(r.output, Catch::Contains("constant"));  // the table names the constant file
+    const auto j = read_json(path("k.json"));
+    CHECK(j["variance"] == (unbiased ? "unbiased" : "population"));
+    REQUIRE(j["files"].size() == 4);
+    double loss = 0.0;
+    for (std::size_t f = 0; f < 3; ++f) {
+      const double n = static_cast<double>(data[f].size());
+      const double k = kurtosis_ref(data[f]) * (unbiased ? ((n - 1) / n) * ((n - 1) / n) : 1.0);
+      const auto& jf = j["files"][f];
+      CHECK(jf["elements"] == data[f].size());
+      CHECK(jf["constant"] == false);
+      CHECK(jf["kurtosis"].get<double>() == Approx(k).epsilon(1e-9));
+      const double term = (k - 2.0) * (k - 2.0) / 4.0;
+      CHECK(jf["kure_term"].get<double>() == Approx(term).epsilon(1e-8));
+      loss += term;
+    }
+    CHECK(j["files"][0]["shape"] == std::vector<std::size_t>{50, 100});
+    CHECK(j["files"][0]["kurtosis"].get<double>() == Approx(3.0).margin(0.2));  // sampling error ~ sqrt(24/n)
+    CHECK(j["files"][1]["kurtosis"].get<double>() == Approx(1.8).margin(0.01));
+    CHECK(j["files"][2]["kurtosis"].get<double>() > 6.0);
+    CHECK(j["files"][3]["constant"] == true);
+    CHECK(j["files"][3]["kurtosis"].is_null());
+    CHECK(j["files"][3]["kure_term"] == 0.0);
+    CHECK(j["kure_loss"].get<double>() == Approx(loss).epsilon(1e-8));
+  }
+  // JSON on stdout is the same report.
+  const auto r = run("kurtosis -i " + path("k_unif.npy") + " --format json");
+  REQUIRE(r.code == 0);
+  const auto j = nlohmann::json::parse(r.output);
+  CHECK(j["files"][0]["kurtosis"].get<double>() == Approx(kurtosis_ref(u)).epsilon(1e-9));
+  CHECK(j["target"] == 1.8);
+}
+
+TEST_CASE("kurtosis: NaN, empty and malformed files exit with 1 naming the file") {
+  write_f32(path("k_nan.npy"), {3}, {1.0f, std::nanf(""), 2.0f});
+  auto r = run("kurtosis -i " + path("k_nan.npy"));
+  CHECK(r.code == 1);
+  CHECK_THAT(r.output, Catch::Contains("NaN"));
+  CHECK_THAT(r.output, Catch::Contains("k_nan.npy"));
+  write_f32(path("k_empty.npy"), {0}, {});
+  r = run("kurtosis -i " + path("k_empty.npy"));
+  CHECK(r.code == 1);
+  CHECK_THAT(r.output, Catch::Contains("k_empty.npy"));
+  std::remove(path("k_bad.json").c_str());
+  r = run("kurtosis -i " + path("k_nan.npy") + " -o " + path("k_bad.json"));
+  CHECK(r.code == 1);
+  CHECK_FALSE(exists(path("k_bad.json")));
+  for (const std::string& args : {std::string("kurtosis"), "kurtosis -i " + path("k_nan.npy") + " --format xml",
+                                  "kurtosis -i " + path("k_nan.npy") + " --target abc"}) {
+    r = run(args);
+    INFO(args << "\n" << r.output);
+    CHECK(r.code == 2);
+  }
+}
+
+TEST_CASE("pq: centroids, packed indices, decoded weights and sizes agree with each other and the formulas") {
+  const std::size_t rows = 16, cols = 24, d = 4, K = 8;
+  const std::vector<float> w = gaussian(rows * cols, 3);
+  write_f32(path("pq_w.npy"), {rows, cols}, w);
+  const std::string out = path("pq1");
+  ::mkdir(out.c_str(), 0755);
+  const auto r = run("pq -w " + path("pq_w.npy") + " --d 4 --k 8 --seed 5 --iterations 10 -o " + out);
+  INFO(r.output);
+  REQUIRE(r.code == 0);
+  const npy c = read_npy(out + "/centroids.npy");
+  CHECK(c.descr == "<f4");
+  CHECK(c.shape == "(1, 8, 4)");
+  const auto cv = c.as<float>();
+  const std::size_t subvectors = rows * cols / d;
+  const unsigned bits = 3;
+  const npy ix = read_npy(out + "/indices.npy");
+  CHECK(ix.descr == "|u1");
+  const auto bytes = ix.as<std::uint8_t>();
+  REQUIRE(bytes.size() == (subvectors * bits + 7) / 8);
+  const auto idx = unpack_ref(bytes, subvectors, bits);
+  const npy dec = read_npy(out + "/decoded.npy");
+  CHECK(dec.shape == "(16, 24)");
+  const auto dv = dec.as<float>();
+  double sse = 0.0;
+  for (std::size_t s = 0; s < subvectors; ++s) {
+    REQUIRE(idx[s] < K);
+    for (std::size_t j = 0; j < d; ++j) CHECK(dv[s * d + j] == cv[idx[s] * d + j]);  // decode = centroids[indices]
+    // Each subvector sits at its nearest centroid.
+    const double mine = sq_dist(&w[s * d], &cv[idx[s] * d], d);
+    for (std::size_t q = 0; q < K; ++q) CHECK(mine <= sq_dist(&w[s * d], &cv[q * d], d) + 1e-9);
+    sse += mine;
+  }
+  const auto j = read_json(out + "/report.json");
+  CHECK(j["index_bits"] == bits);
+  CHECK(j["subvectors"] == subvectors);
+  CHECK(j["codebooks"] == 1);
+  CHECK(j["mse"].get<double>() == Approx(sse / double(rows * cols)).epsilon(1e-9));
+  CHECK(j["mse"] == j["mse_float_centroids"]);
+  const auto& z = j["size"];
+  const std::size_t index_bytes = (subvectors * bits + 7) / 8, centroid_bytes = 4 * K * d;
+  CHECK(z["float32_bytes"] == 4 * rows * cols);
+  CHECK(z["index_bytes"] == index_bytes);
+  CHECK(z["centroid_bytes"] == centroid_bytes);
+  CHECK(z["total_bytes"] == index_bytes + centroid_bytes);
+  CHECK(z["compression_ratio"].get<double>() == Approx(double(4 * rows * cols) / double(index_bytes + centroid_bytes)));
+  CHECK(z["int8_centroids"]["centroid_bytes"] == K * d + 4);
+  // The k-means objective is recorded and ends no higher than it starts.
+  const auto obj = j["kmeans_objective"][0].get<std::vector<double>>();
+  REQUIRE(obj.size() == 10);
+  CHECK(obj.back() <= obj.front());
+  // Same seed, same bytes.
+  const std::string out2 = path("pq1b");
+  ::mkdir(out2.c_str(), 0755);
+  REQUIRE(run("pq -w " + path("pq_w.npy") + " --d 4 --k 8 --seed 5 --iterations 10 -o " + out2).code == 0);
+  CHECK(read_bytes(out2 + "/indices.npy") == read_bytes(out + "/indices.npy"));
+  CHECK(read_bytes(out2 + "/centroids.npy") == read_bytes(out + "/centroids.npy"));
+}
+
+TEST_CASE("pq: per-subspace layout, int8 centroids, raw .bin indices, conv weights") {
+  const std::size_t out_ch = 8, in_ch = 2, kk = 3, d = 9, K = 4;  // rows of 18 -> 2 subspaces of d = 9
+  const std::size_t cols = in_ch * kk * kk, S = cols / d;
+  const std::vector<float> w = gaussian(out_ch * cols, 5);
+  write_f32(path("pq_conv.npy"), {out_ch, in_ch, kk, kk}, w);
+  const std::string out = path("pq2");
+  ::mkdir(out.c_str(), 0755);
+  const auto r = run("pq -w " + path("pq_conv.npy") + " --d 9 --k 4 --layout per-subspace --init kmeans++" +
+                     " --int8-centroids --indices-format bin -o " + out);
+  INFO(r.output);
+  REQUIRE(r.code == 0);
+  const npy c = read_npy(out + "/centroids.npy");
+  CHECK(c.descr == "|i1");
+  CHECK(c.shape == "(2, 4, 9)");
+  const auto cq = c.as<std::int8_t>();
+  const auto scales = read_npy(out + "/centroid_scales.npy").as<float>();
+  REQUIRE(scales.size() == S);
+  for (std::size_t s = 0; s < S; ++s) {  // the largest centroid magnitude maps to 127
+    int absmax = 0;
+    for (std::size_t i = 0; i < K * d; ++i) absmax = std::max(absmax, std::abs(int(cq[s * K * d + i])));
+    CHECK(absmax == 127);
+  }
+  const auto bytes = read_bytes(out + "/indices.bin");
+  const std::size_t subvectors = out_ch * S;
+  REQUIRE(bytes.size() == (subvectors * 2 + 7) / 8);
+  CHECK_FALSE(exists(out + "/indices.npy"));
+  const auto idx = unpack_ref(bytes, subvectors, 2);
+  const npy dec = read_npy(out + "/decoded.npy");
+  CHECK(dec.shape == "(8, 2, 3, 3)");
+  const auto dv = dec.as<float>();
+  double sse = 0.0;
+  for (std::size_t row = 0; row < out_ch; ++row)
+    for (std::size_t s = 0; s < S; ++s) {
+      const std::uint32_t q = idx[row * S + s];
+      REQUIRE(q < K);
+      for (std::size_t j = 0; j < d; ++j) {
+        const std::size_t e = row * cols + s * d + j;
+        CHECK(dv[e] == static_cast<float>(cq[(s * K + q) * d + j]) * scales[s]);  // codebook of subspace s
+        sse += (double(w[e]) - double(dv[e])) * (double(w[e]) - double(dv[e]));
+      }
+    }
+  const auto j = read_json(out + "/report.json");
+  CHECK(j["centroids"] == "int8");
+  CHECK(j["codebooks"] == S);
+  CHECK(j["mse"].get<double>() == Approx(sse / double(w.size())).epsilon(1e-9));
+  CHECK(j["mse_int8_centroids"] == j["mse"]);
+  CHECK(j["size"]["centroid_bytes"] == S * K * d + 4 * S);
+  CHECK(j["size"]["index_bytes"] == bytes.size());
+  CHECK(j["size"]["total_bytes"] == bytes.size() + S * K * d + 4 * S);
+}
+
+TEST_CASE("pq: bad weights exit with 1, bad options with 2, and nothing is written") {
+  const std::string out = path("pq_bad");
+  ::mkdir(out.c_str(), 0755);
+  write_f32(path("pq_w10.npy"), {4, 10}, gaussian(40, 1));
+  write_f32(path("pq_1d.npy"), {16}, gaussian(16, 1));
+  std::vector<float> nan_w = gaussian(64, 2);
+  nan_w[37] = std::nanf("");
+  write_f32(path("pq_nan.npy"), {8, 8}, nan_w);
+  struct bad_case {
+    std::string args, message;
+  };
+  const std::vector<bad_case> cases = {
+      {"pq -w " + path("pq_w10.npy") + " --d 4 --k 2", "does not divide the row length 10"},
+      {"pq -w " + path("pq_w10.npy") + " --d 5 --k 9", "larger than the 8 subvectors"},
+      {"pq -w " + path("pq_w10.npy") + " --d 5 --k 5 --layout per-subspace", "larger than the 4 subvectors"},
+      {"pq -w " + path("pq_nan.npy") + " --d 4 --k 4", "NaN"},
+      {"pq -w " + path("pq_1d.npy") + " --d 4 --k 2", "not a weight matrix"},
+      {"pq -w " + path("missing.npy") + " --d 4 --k 2", "cannot open"},
+  };
+  for (const auto& c : cases) {
+    const auto r = run(c.args + " -o " + out);
+    INFO(c.args << "\n" << r.output);
+    CHECK(r.code == 1);
+    CHECK_THAT(r.output, Catch::Contains(c.message));
+    CHECK_FALSE(exists(out + "/report.json"));
+    CHECK_FALSE(exists(out + "/decoded.npy"));
+  }
+  for (const std::string& args :
+       {"pq -w " + path("pq_w10.npy") + " --d 5 --k 0 -o " + out, "pq -w " + path("pq_w10.npy") + " --d 0 -o " + out,
+        "pq -w " + path("pq_w10.npy") + " --d 5", "pq -w " + path("pq_w10.npy") + " --d 5 -o " + path("nowhere/x"),
+        "pq -w " + path("pq_w10.npy") + " --d 5 --k 2 --layout rows -o " + out,
+        "pq -w " + path("pq_w10.npy") + " --d 5 --k 2 --indices-format txt -o " + out}) {
+    const auto r = run(args);
+    INFO(args << "\n" << r.output);
+    CHECK(r.code == 2);
+    CHECK_FALSE(exists(out + "/report.json"));
+  }
+  const int st = std::system(("ls " + out + " | grep -q '\\.tmp-'").c_str());
+  CHECK((WIFEXITED(st) && WEXITSTATUS(st) != 0));
 }

@@ -5,6 +5,8 @@
 //   quant calibrate   -i a.npy [-i b.npy ...] --observer mse --bits 8 [--axis 1] -o params.json
 //   quant lsq-grad    --x x.npy --dy dy.npy --scale S [--zero-point B] --dx dx.npy [-o grads.json]
 //   quant adaround    --weights W.npy --inputs X.npy [--quantized-inputs Xq.npy] --bits 4 --out-dir DIR
+//   quant kurtosis    -i a.npy [-i b.npy ...] [--unbiased] [--target 1.8] [--format table|json] [-o k.json]
+//   quant pq          --weights W.npy --d 8 --k 256 [--layout shared|per-subspace] [--int8-centroids] --out-dir DIR
 //
 // Exit status: 0 success, 1 bad data (unreadable/malformed .npy, NaN where rejected,
 // shapes that do not fit), 2 usage errors (unknown options, missing or conflicting
@@ -26,8 +28,10 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 #include <quant/adaround.hpp>
+#include <quant/kurtosis.hpp>
 #include <quant/lsq.hpp>
 #include <quant/observers.hpp>
+#include <quant/pq.hpp>
 #include <quant/qparams.hpp>
 #include <quant/uniform.hpp>
 #include <xtensor/xadapt.hpp>
@@ -514,6 +518,196 @@ int run_adaround(const adaround_cmd& c) {
   return 0;
 }
 
+// ---- kurtosis ---------------------------------------------------------------------------------
+
+struct kurtosis_cmd {
+  std::vector<std::string> inputs;
+  std::string output, format = "table";
+  bool unbiased = false;
+  double target = 1.8;
+};
+
+// One row per file: the kurtosis (population m4 / m2^2, or with the unbiased variance), and
+// the file's KURE term (K - K_T)^2 / T, T = number of files, so the terms sum to the KURE
+// loss of the files taken as the layers of one model. A constant array has no kurtosis: it
+// is reported as constant with a term of 0, as the library's KURE loss does.
+int run_kurtosis(const kurtosis_cmd& c) {
+  const auto v = c.unbiased ? quant::variance_estimator::unbiased : quant::variance_estimator::population;
+  const double T = static_cast<double>(c.inputs.size());
+  json files = json::array();
+  double loss = 0.0;
+  for (const auto& path : c.inputs) {
+    const xt::xarray<float> x = load_float(path);
+    quant::moments m;
+    double k = 0.0;
+    try {
+      m = quant::central_moments(x);
+      k = quant::kurtosis(x, v);
+    } catch (const quant::error& e) {
+      throw data_error(path + ": " + e.what());
+    }
+    const bool constant = !(m.m2 > 0.0);
+    const double term = constant ? 0.0 : (k - c.target) * (k - c.target) / T;
+    loss += term;
+    json f;
+    f["file"] = path;
+    f["shape"] = shape_of(x);
+    f["elements"] = x.size();
+    f["mean"] = m.mean;
+    f["std"] = std::sqrt(m.m2);  // population
+    f["constant"] = constant;
+    if (constant) f["kurtosis"] = nullptr;
+    else f["kurtosis"] = k;
+    f["kure_term"] = term;
+    files.push_back(f);
+  }
+  json j;
+  j["variance"] = c.unbiased ? "unbiased" : "population";
+  j["target"] = c.target;
+  j["files"] = files;
+  j["kure_loss"] = loss;
+  if (c.format == "json") {
+    std::cout << json_text(j);
+  } else {
+    std::printf("%-40s %14s %12s %12s  %s\n", "file", "elements", "kurtosis", "KURE term", "");
+    for (const auto& f : files) {
+      std::string name = f["file"].get<std::string>();
+      if (name.size() > 40) name = "..." + name.substr(name.size() - 37);
+      if (f["constant"].get<bool>())
+        std::printf("%-40s %14zu %12s %12.6g  constant (no kurtosis)\n", name.c_str(), f["elements"].get<std::size_t>(),
+                    "-", 0.0);
+      else
+        std::printf("%-40s %14zu %12.6f %12.6g\n", name.c_str(), f["elements"].get<std::size_t>(),
+                    f["kurtosis"].get<double>(), f["kure_term"].get<double>());
+    }
+    std::printf("KURE loss (target %.4g, %s variance): %.6g\n", c.target, c.unbiased ? "unbiased" : "population", loss);
+  }
+  if (!c.output.empty()) {
+    output_set out;
+    out.text(c.output, json_text(j));
+    out.commit();
+  }
+  return 0;
+}
+
+// ---- pq ---------------------------------------------------------------------------------------
+
+struct pq_cmd {
+  std::string weights, out_dir, layout = "shared", init = "random", indices_format = "npy";
+  std::size_t d = 8, k = 256, iterations = 20, max_training_points = 0;
+  std::uint64_t seed = 0;
+  bool int8_centroids = false;
+};
+
+json pq_size_json(std::size_t index_bytes, std::size_t centroid_bytes, std::size_t float32_bytes) {
+  return {{"centroid_bytes", centroid_bytes},
+          {"total_bytes", index_bytes + centroid_bytes},
+          {"compression_ratio", double(float32_bytes) / double(index_bytes + centroid_bytes)}};
+}
+
+// Trains the codebook(s) of one weight array, encodes and decodes it. With --int8-centroids
+// the centroids are stored as int8 with one scale per codebook, the assignments of the float
+// codebook are kept (they are not re-encoded) and decoded.npy holds the int8 centroids' values.
+int run_pq(const pq_cmd& c) {
+  const xt::xarray<float> W = load_float(c.weights);
+  if (W.dimension() < 2)
+    throw data_error(c.weights + ": shape " + quant::detail::shape_string(W.shape()) +
+                     " is not a weight matrix [out, in] or conv weight [out, in, kh, kw]");
+  const std::size_t rows = W.shape()[0], cols = rows == 0 ? 0 : W.size() / rows;
+  if (W.size() == 0) throw data_error(c.weights + ": the array is empty");
+  if (cols % c.d != 0)
+    throw data_error("--d " + std::to_string(c.d) + " does not divide the row length " + std::to_string(cols) +
+                     " of " + c.weights + " (in * kh * kw of a conv weight)");
+  const bool shared = c.layout == "shared";
+  const std::size_t per_codebook = shared ? rows * (cols / c.d) : rows;
+  if (per_codebook < c.k)
+    throw data_error("--k " + std::to_string(c.k) + " is larger than the " + std::to_string(per_codebook) +
+                     " subvectors each codebook is trained on" + (shared ? "" : " (one per row in per-subspace layout)"));
+  quant::pq_options o;
+  o.iterations = c.iterations;
+  o.init = c.init == "kmeans++" ? quant::kmeans_init::kmeans_plus_plus : quant::kmeans_init::random_sample;
+  o.layout = shared ? quant::pq_layout::shared : quant::pq_layout::per_subspace;
+  o.max_training_points = c.max_training_points;
+  quant::pq_layer_result r;
+  try {
+    r = quant::pq_quantize_layer(W, c.d, c.k, c.seed, o);
+  } catch (const quant::domain_error& e) {
+    throw data_error(c.weights + ": " + e.what());
+  }
+  const quant::packed_indices packed = quant::pack_indices(r.indices, quant::pq_index_bits(c.k));
+
+  json j;
+  j["format"] = "quant-pq";
+  j["version"] = 1;
+  j["weights"] = c.weights;
+  j["shape"] = shape_of(W);
+  j["rows"] = rows;
+  j["row_length"] = cols;
+  j["d"] = c.d;
+  j["k"] = c.k;
+  j["layout"] = c.layout;
+  j["init"] = c.init;
+  j["seed"] = c.seed;
+  j["iterations"] = c.iterations;
+  j["subvectors"] = rows * (cols / c.d);
+  j["codebooks"] = r.codebook.subspaces();
+  j["index_bits"] = packed.bits;
+  j["indices"] = {{"file", c.indices_format == "bin" ? "indices.bin" : "indices.npy"},
+                  {"count", packed.count},
+                  {"shape", {rows, cols / c.d}},
+                  {"packing", "LSB-first bit stream, index_bits per index, row-major [rows, row_length / d]"}};
+  j["centroids"] = c.int8_centroids ? "int8" : "float32";
+  j["mse"] = r.mse;  // of the stored centroids: replaced below for int8
+  j["mse_float_centroids"] = r.mse;
+
+  output_set out;
+  const std::string dir = c.out_dir + "/";
+  xt::xarray<float> decoded = r.decoded;
+  double mse = r.mse;
+  if (c.int8_centroids) {
+    const quant::int8_codebook q = quant::quantize_centroids(r.codebook);
+    const xt::xtensor<float, 2> dq = quant::pq_decode(quant::dequantize_centroids(q), r.indices);
+    std::copy(dq.begin(), dq.end(), decoded.begin());
+    double s = 0.0;
+    for (std::size_t i = 0; i < W.size(); ++i) {
+      const double t = static_cast<double>(W.data()[i]) - static_cast<double>(decoded.data()[i]);
+      s += t * t;
+    }
+    mse = s / static_cast<double>(W.size());
+    j["mse_int8_centroids"] = mse;
+    out.npy(dir + "centroids.npy", q.values);
+    out.npy(dir + "centroid_scales.npy", to_array(q.scales));
+  } else {
+    out.npy(dir + "centroids.npy", r.codebook.centroids);
+  }
+  j["mse"] = mse;
+  if (c.indices_format == "bin") {
+    out.text(dir + "indices.bin", std::string(packed.bytes.begin(), packed.bytes.end()));
+  } else {
+    out.npy(dir + "indices.npy", xt::adapt(packed.bytes, std::vector<std::size_t>{packed.bytes.size()}));
+  }
+  out.npy(dir + "decoded.npy", decoded);
+  const quant::pq_size_report& z = r.size;
+  json size;
+  size["weights"] = z.weights;
+  size["float32_bytes"] = z.float32_bytes;
+  size["index_bytes"] = z.index_bytes;
+  const std::size_t cb = c.int8_centroids ? z.centroid_bytes_int8 : z.centroid_bytes;
+  size["centroid_bytes"] = cb;
+  size["total_bytes"] = z.index_bytes + cb;
+  size["compression_ratio"] = double(z.float32_bytes) / double(z.index_bytes + cb);
+  size["float_centroids"] = pq_size_json(z.index_bytes, z.centroid_bytes, z.float32_bytes);
+  size["int8_centroids"] = pq_size_json(z.index_bytes, z.centroid_bytes_int8, z.float32_bytes);
+  j["size"] = size;
+  j["kmeans_objective"] = r.objective;  // per codebook, per iteration (sum of squared distances)
+  out.text(dir + "report.json", json_text(j));
+  out.commit();
+  std::printf("pq: %zu subvectors of %zu -> %zu x %zu centroids (%s), %u-bit indices, MSE %.6g, %zu -> %zu bytes (x%.2f)\n",
+              rows * (cols / c.d), c.d, r.codebook.subspaces(), c.k, c.int8_centroids ? "int8" : "float32", packed.bits,
+              mse, z.float32_bytes, z.index_bytes + cb, double(z.float32_bytes) / double(z.index_bytes + cb));
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -602,6 +796,44 @@ int main(int argc, char** argv) {
   ar_app->add_flag("--relu", ar.relu, "the layer is followed by a ReLU (reconstruct after it)");
   ar_app->add_flag("--quiet,-q", ar.quiet, "no progress line");
 
+  kurtosis_cmd ku;
+  auto* ku_app = app.add_subcommand("kurtosis", "kurtosis of each array and its KURE term (K - target)^2 / files");
+  ku_app->add_option("-i,--input", ku.inputs, "input .npy files (float32 or float64), e.g. one per layer")->required();
+  ku_app->add_flag("--unbiased", ku.unbiased, "use the unbiased variance (torch.std, as the KURE reference code)");
+  ku_app->add_option("--target", ku.target, "KURE target kurtosis (1.8: uniform)")->capture_default_str();
+  ku_app->add_option("--format", ku.format, "stdout format: table or json")
+      ->check(CLI::IsMember({"table", "json"}))
+      ->capture_default_str();
+  ku_app->add_option("-o,--output", ku.output, "also write the JSON report to this file");
+
+  pq_cmd pq;
+  auto* pq_app = app.add_subcommand("pq", "product-quantize a weight array: k-means codebook, packed indices, decoded weights");
+  pq_app->add_option("--weights,-w", pq.weights, "W [out, in] or conv [out, in, kh, kw] (.npy); rows are cut into d-chunks")
+      ->required();
+  pq_app->add_option("--out-dir,-o", pq.out_dir,
+                     "writes centroids.npy [S, K, d] (+ centroid_scales.npy with --int8-centroids), indices.npy "
+                     "(packed bytes, uint8) or indices.bin, decoded.npy, report.json")
+      ->required()
+      ->check(CLI::ExistingDirectory);
+  pq_app->add_option("--d", pq.d, "subvector dimension")->check(CLI::Range(std::size_t(1), std::size_t(4096)))->capture_default_str();
+  pq_app->add_option("--k", pq.k, "centroids per codebook")->check(CLI::Range(std::size_t(1), std::size_t(65536)))->capture_default_str();
+  pq_app->add_option("--iterations", pq.iterations, "k-means iterations")
+      ->check(CLI::Range(std::size_t(1), std::size_t(100000)))
+      ->capture_default_str();
+  pq_app->add_option("--seed", pq.seed, "k-means seed")->capture_default_str();
+  pq_app->add_option("--layout", pq.layout, "shared (iPQ: one codebook per layer) or per-subspace (Faiss)")
+      ->check(CLI::IsMember({"shared", "per-subspace"}))
+      ->capture_default_str();
+  pq_app->add_option("--init", pq.init, "k-means initialisation: random or kmeans++")
+      ->check(CLI::IsMember({"random", "kmeans++"}))
+      ->capture_default_str();
+  pq_app->add_option("--max-training-points", pq.max_training_points, "train each codebook on a seeded sample (0: all)")
+      ->capture_default_str();
+  pq_app->add_flag("--int8-centroids", pq.int8_centroids, "store int8 centroids with one scale per codebook");
+  pq_app->add_option("--indices-format", pq.indices_format, "packed indices as npy (uint8 bytes) or bin (raw bytes)")
+      ->check(CLI::IsMember({"npy", "bin"}))
+      ->capture_default_str();
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -621,6 +853,8 @@ int main(int argc, char** argv) {
     if (cal_app->parsed()) return run_calibrate(cal);
     if (lsq_app->parsed()) return run_lsq_grad(lsq);
     if (ar_app->parsed()) return run_adaround(ar);
+    if (ku_app->parsed()) return run_kurtosis(ku);
+    if (pq_app->parsed()) return run_pq(pq);
   } catch (const usage_error& e) {
     std::fprintf(stderr, "quant: %s\nRun with --help for more information.\n", e.what());
     return 2;
