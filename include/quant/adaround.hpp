@@ -72,15 +72,6 @@
 #include "simd/arch.hpp"
 #include "uniform.hpp"
 
-// Forces a kernel body passed as a lambda to be inlined into its loop (GCC may otherwise
-// leave a call per pack). Same definition as config.hpp's where it has one.
-#ifndef QUANT_INLINE_LAMBDA
-#if defined(__GNUC__) || defined(__clang__)
-#define QUANT_INLINE_LAMBDA __attribute__((always_inline))
-#else
-#define QUANT_INLINE_LAMBDA
-#endif
-#endif
 // On the per-chunk worker of the fused AdaRound pass: inline everything below it, xsimd's
 // exp and log included (GCC otherwise calls them once per pack).
 #if defined(__GNUC__) && !defined(__clang__)
