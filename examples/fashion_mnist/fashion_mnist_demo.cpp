@@ -138,6 +138,9 @@ int main(int argc, char** argv) {
       double train_seconds = 0.0;
       const network net = trained_network(job.name, job.specs, job.cfg, train_set, o, train_seconds);
       model_context ctx{net, train_set, calib, test_set, budget, o.seed};
+      ctx.train_cfg = job.cfg;
+      ctx.cache_dir = o.cache_dir;
+      ctx.retrain = o.retrain;
       // The CNN's im2col batches are 196-784 times larger than the MLP's: half the
       // iterations keep the full run within a few minutes.
       if (job.name == "cnn" && !o.iterations) ctx.budget.adaround_iterations = budget.adaround_iterations / 2;

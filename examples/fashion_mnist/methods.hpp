@@ -50,6 +50,9 @@ struct model_context {
   const split_tensors& test;
   method_budget budget;
   std::uint64_t seed;
+  train_config train_cfg = {};  // how the FP32 network was trained (KURE retrains with it)
+  std::string cache_dir = {};   // where trained networks are cached ("" = no cache)
+  bool retrain = false;
 };
 
 inline split_tensors calibration_subset(const split_tensors& train, std::size_t n, std::uint64_t seed) {
@@ -377,6 +380,13 @@ struct row_def {
   }
 };
 
+}  // namespace examples
+
+// KURE, Quant-Noise and iPQ (they use the pieces above).
+#include "compression_methods.hpp"
+
+namespace examples {
+
 // Every row of the table, in order. A new method adds its lines here.
 inline std::vector<row_def> row_registry() {
   std::vector<row_def> rows;
@@ -400,10 +410,8 @@ inline std::vector<row_def> row_registry() {
     for (int b : {4, 2})
       rows.push_back({"mlp", wa_label(plus ? "LSQ+" : "LSQ", b, b), [=](const model_context& c) { return run_lsq(c, b, b, plus); },
                       plus == (b == 2)});
-  // Later issues add their rows here:
-  //   KURE (quant/kurtosis.hpp): fine-tune with the kurtosis regularizer, then RTN W4/W3/W2.
-  //   Quant-Noise (quant/quant_noise.hpp): fine-tune with block noise, then RTN / PQ.
-  //   PQ / iPQ (quant/pq.hpp): product-quantized layers with fine-tuned centroids.
+  // KURE against the plain network, Quant-Noise + iPQ (MLP only): compression_methods.hpp.
+  add_compression_rows(rows);
   return rows;
 }
 

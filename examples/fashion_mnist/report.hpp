@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <iterator>
 #include <map>
 #include <sstream>
 #include <stdexcept>
@@ -22,6 +23,7 @@ struct result_row {
   double accuracy = 0.0;       // fraction in [0, 1]
   double seconds = 0.0;
   std::string note;
+  std::string check_failure;  // a row's own sanity expectation that did not hold ("" = fine)
 };
 
 inline std::string format_seconds(double s) {
@@ -66,7 +68,8 @@ inline void write_csv(const std::string& path, const std::vector<result_row>& ro
   detail::write_file_atomic(path, os.str());
 }
 
-// One panel per model: x = weight bits (2, 3, 4, 8 on evenly spaced ticks), y = accuracy;
+// One panel per model: x = weight bits (2, 3, 4, 6, 8 on evenly spaced ticks; rows at other
+// widths are left out), y = accuracy;
 // one polyline per series, FP32 as a dashed horizontal line.
 inline void write_svg(const std::string& path, const std::vector<result_row>& rows) {
   std::vector<std::string> models;
@@ -74,7 +77,9 @@ inline void write_svg(const std::string& path, const std::vector<result_row>& ro
     if (std::find(models.begin(), models.end(), r.model) == models.end()) models.push_back(r.model);
   const int pw = 520, ph = 360, ml = 60, mr = 170, mt = 40, mb = 50;
   const int W = static_cast<int>(models.size()) * pw, H = ph;
-  const int bit_ticks[] = {2, 3, 4, 8};
+  const int bit_ticks[] = {2, 3, 4, 6, 8};
+  const int n_ticks = 5;
+  auto on_axis = [&](int bits) { return std::find(std::begin(bit_ticks), std::end(bit_ticks), bits) != std::end(bit_ticks); };
   const char* palette[] = {"#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
                            "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"};
   std::ostringstream os;
@@ -84,9 +89,9 @@ inline void write_svg(const std::string& path, const std::vector<result_row>& ro
     const int x0 = static_cast<int>(m) * pw + ml, x1 = static_cast<int>(m + 1) * pw - mr, y0 = mt, y1 = ph - mb;
     auto xpos = [&](int bits) {
       int k = 0;
-      for (int i = 0; i < 4; ++i)
+      for (int i = 0; i < n_ticks; ++i)
         if (bit_ticks[i] == bits) k = i;
-      return x0 + (x1 - x0) * k / 3;
+      return x0 + (x1 - x0) * k / (n_ticks - 1);
     };
     // y axis: from below the worst row of this model to above the best, in whole steps.
     double amin = 1.0, amax = 0.0;
@@ -123,6 +128,7 @@ inline void write_svg(const std::string& path, const std::vector<result_row>& ro
            << "\">FP32</text>\n";
         continue;
       }
+      if (!on_axis(r.wbits)) continue;  // e.g. PQ rows (1 bit per weight) and float variants
       if (!series.count(r.series)) order.push_back(r.series);
       series[r.series].push_back(&r);
     }
@@ -185,6 +191,8 @@ inline std::vector<std::string> sanity_failures(const std::vector<result_row>& r
     at_least("LSQ", 4, 4, "RTN MSE", 4, 4, 0.005);  // short fine-tuning from a cruder init: within 0.5 point
     at_least("LSQ+", 2, 2, "RTN MSE", 2, 4, 0.0);   // QAT at A2 beats post-training RTN at A4
   }
+  for (const auto& r : rows)
+    if (!r.check_failure.empty()) fails.push_back(r.model + ": " + r.check_failure);
   return fails;
 }
 

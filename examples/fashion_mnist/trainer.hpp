@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -65,8 +66,12 @@ struct train_config {
   std::uint64_t seed = 1;
 };
 
+// Adds a regularizer's gradient to the task gradients of a step (e.g. KURE); may be empty.
+using gradient_hook = std::function<void(const network&, gradients&)>;
+
 // Adam on all weights and biases, softmax cross-entropy, cosine learning-rate decay.
-inline void train(network& net, const split_tensors& train_set, const train_config& cfg) {
+inline void train(network& net, const split_tensors& train_set, const train_config& cfg,
+                  const gradient_hook& regularizer = {}) {
   std::vector<quant::adam> opt_w, opt_b;
   quant::adam_options ao;
   ao.learning_rate = cfg.learning_rate;
@@ -95,6 +100,7 @@ inline void train(network& net, const split_tensors& train_set, const train_conf
       const double loss = softmax_cross_entropy(logits, labels.data(), dlogits);
       running = t == 0 ? loss : 0.98 * running + 0.02 * loss;
       gradients g = backward(net, cache, std::move(dlogits));
+      if (regularizer) regularizer(net, g);
       for (std::size_t l = 0; l < net.layers.size(); ++l) {
         opt_w[l].set_learning_rate(lr);
         opt_b[l].set_learning_rate(lr);
