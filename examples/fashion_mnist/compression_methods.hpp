@@ -193,11 +193,12 @@ inline void finetune(network& net, const split_tensors& train, std::size_t steps
   for (std::size_t t = 0, pos = 0; t < steps; ++t, pos += B) {
     if (pos + B > idx.size()) shuffle_indices(idx, rng), pos = 0;
     const float decay = quant::cosine_decay(1.0f, t, steps);
+    // A fresh mask per step and layer; phases have distinct seeds, so no mask repeats.
     std::vector<quant::quant_noise_result<matrix>> noised(n_layers);
     forward_hooks h;
     for (std::size_t l = 0; l < n_layers; ++l) {
       if (noise_p > 0.0f && !quantized(l)) {
-        noised[l] = quant::quant_noise(net.layers[l].W, {noise_p, s.noise_block, seed + t * n_layers + l},
+        noised[l] = quant::quant_noise(net.layers[l].W, {noise_p, s.noise_block, seed * 1000003 + t * n_layers + l},
                                        quant::proxy_noise{});
         h.weights.push_back(&noised[l].weights);
       } else {
