@@ -10,6 +10,9 @@
 
 #include <benchmark/benchmark.h>
 
+#include <xtensor/xtensor.hpp>
+
+#include <algorithm>
 #include <cstddef>
 #include <cstring>
 #include <random>
@@ -28,6 +31,14 @@ inline std::vector<float> normal_data(std::size_t n, unsigned seed = 42, float s
 // Items (elements) per iteration, the unit of the ratio table.
 inline void items(benchmark::State& state, std::size_t n) {
   state.SetItemsProcessed(static_cast<long>(state.iterations()) * static_cast<long>(n));
+}
+
+// A rows x cols matrix of seeded N(0, 1) values.
+inline xt::xtensor<float, 2> normal_matrix(std::size_t rows, std::size_t cols, unsigned seed) {
+  const auto v = normal_data(rows * cols, seed);
+  xt::xtensor<float, 2> x = xt::xtensor<float, 2>::from_shape({rows, cols});
+  std::copy(v.begin(), v.end(), x.begin());
+  return x;
 }
 
 // The sizes the issues ask for: 2^12, 2^16, 2^20, 2^24 floats.

@@ -10,15 +10,10 @@
 namespace {
 
 const bool baselines = quant_bench::register_copy_baselines();
+using quant_bench::normal_matrix;
 
 constexpr std::size_t channels = 256;
 
-xt::xtensor<float, 2> normal_matrix(std::size_t rows, std::size_t cols, unsigned seed) {
-  const auto v = quant_bench::normal_data(rows * cols, seed);
-  xt::xtensor<float, 2> x = xt::xtensor<float, 2>::from_shape({rows, cols});
-  std::copy(v.begin(), v.end(), x.begin());
-  return x;
-}
 
 // shape kind: 0 per tensor [1, n]; 1 per channel [256, n/256] axis 0; 2 per channel [n/256, 256] axis 1
 quant::lsq_params params_for(int kind) {

@@ -11,15 +11,10 @@
 namespace {
 
 const bool baselines = quant_bench::register_copy_baselines();
+using quant_bench::normal_matrix;
 
 constexpr std::size_t channels = 256;
 
-xt::xtensor<float, 2> normal_matrix(std::size_t rows, std::size_t cols, unsigned seed) {
-  const auto v = quant_bench::normal_data(rows * cols, seed);
-  xt::xtensor<float, 2> x = xt::xtensor<float, 2>::from_shape({rows, cols});
-  std::copy(v.begin(), v.end(), x.begin());
-  return x;
-}
 
 quant::qparams params_for(bool per_channel) {
   if (!per_channel) return quant::qparams::per_tensor(quant::grid::int_signed(8), 0.02f, 0);

@@ -15,15 +15,10 @@
 #include "test_helpers.hpp"
 
 using namespace quant;
+using quant_test::normal_matrix;
 
 namespace {
 
-xt::xtensor<float, 2> normal_matrix(std::size_t r, std::size_t c, std::uint32_t seed, float sd = 1.0f) {
-  auto v = quant_test::normal_floats(r * c, seed, sd);
-  xt::xtensor<float, 2> m = xt::xtensor<float, 2>::from_shape({r, c});
-  std::copy(v.begin(), v.end(), m.begin());
-  return m;
-}
 
 // Correlated, non-negative inputs X = relu(Z A) with a low-dimensional latent Z (in/4
 // dimensions): the setting where choosing the rounding by the output error beats rounding

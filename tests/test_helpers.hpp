@@ -1,12 +1,15 @@
 // Shared test utilities: seeded data and bitwise comparison.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <random>
 #include <string>
 #include <vector>
+
+#include <xtensor/xtensor.hpp>
 
 #include <catch2/catch.hpp>
 
@@ -22,6 +25,14 @@ inline std::vector<float> normal_floats(std::size_t n, std::uint32_t seed, float
   std::vector<float> v(n);
   for (auto& x : v) x = d(g);
   return v;
+}
+
+// An r x c matrix of seeded N(0, sd^2) values.
+inline xt::xtensor<float, 2> normal_matrix(std::size_t r, std::size_t c, std::uint32_t seed, float sd = 1.0f) {
+  const auto v = normal_floats(r * c, seed, sd);
+  xt::xtensor<float, 2> m = xt::xtensor<float, 2>::from_shape({r, c});
+  std::copy(v.begin(), v.end(), m.begin());
+  return m;
 }
 
 // Values that sit exactly on rounding ties of a grid with step `s` (k + 0.5) * s.

@@ -11,15 +11,10 @@
 #include "test_helpers.hpp"
 
 using namespace quant;
+using quant_test::normal_matrix;
 
 namespace {
 
-xt::xtensor<float, 2> normal_matrix(std::size_t r, std::size_t c, std::uint32_t seed, float sd = 1.0f) {
-  auto v = quant_test::normal_floats(r * c, seed, sd);
-  xt::xtensor<float, 2> m = xt::xtensor<float, 2>::from_shape({r, c});
-  std::copy(v.begin(), v.end(), m.begin());
-  return m;
-}
 
 // Correlated block inputs: a low-dimensional latent mixed into `in` features (signed).
 xt::xtensor<float, 2> block_inputs(std::size_t rows, std::size_t in, std::uint32_t seed) {
