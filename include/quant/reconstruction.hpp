@@ -108,13 +108,9 @@ struct block_options {
   std::function<void(const adaround_progress&)> progress;  // after every iteration (regularizer summed over layers)
 
   void validate(const char* function) const {
-    adaround_options a;
-    a.iterations = iterations;
+    adaround_options a = as_adaround();  // the shared fields are validated by AdaRound's rules
     a.batch_size = batch_size;
     a.lambda = lambda;
-    a.warmup = warmup;
-    a.beta_start = beta_start;
-    a.beta_end = beta_end;
     a.learning_rate = learning_rate;
     a.validate(function);
     if (!(std::isfinite(scale_learning_rate) && scale_learning_rate > 0.0f))
