@@ -288,7 +288,89 @@ TEST_CASE("the division-free SIMD log is as accurate as a float log on (0, 1] an
   INFO("worst error " << worst << " ulp");
   CHECK(worst <= 2.0);
 }
+
+TEST_CASE("the SIMD exp is within 2 ulp of exp, subnormal results included, and exact at the ends", "[adaround]") {
+  using B = xsimd::batch<float, simd::default_arch>;
+  constexpr std::size_t L = B::size;
+  std::vector<float> x;
+  for (float t = -110.0f; t < 90.0f; t += 0.00137f) x.push_back(t);
+  for (float t : {0.0f, -0.0f, 88.72283935546875f, 88.7229f, 88.4f, -87.3366f, -103.9f, -104.0f, -1e30f, 1e30f,
+                  std::nextafter(88.72283935546875f, 0.0f), INFINITY, -INFINITY, NAN})
+    x.push_back(t);
+  while (x.size() % L) x.push_back(1.0f);
+  double worst = 0.0;
+  std::size_t checked = 0;
+  for (std::size_t i = 0; i < x.size(); i += L) {
+    alignas(64) float out[L];
+    detail::exp_of(B::load_unaligned(x.data() + i)).store_aligned(out);
+    for (std::size_t k = 0; k < L; ++k) {
+      const float xi = x[i + k];
+      INFO("x = " << xi << ", exp_of = " << out[k]);
+      if (std::isnan(xi)) {
+        CHECK(std::isnan(out[k]));
+        continue;
+      }
+      const double want = std::exp(static_cast<double>(xi));
+      const float wf = static_cast<float>(want);
+      if (std::isinf(wf)) {  // beyond FLT_MAX
+        CHECK(out[k] == wf);
+        continue;
+      }
+      if (wf < std::numeric_limits<float>::min()) {                 // 0 or subnormal
+        CHECK(std::fabs(out[k] - want) <= std::ldexp(1.0, -149));  // one subnormal step
+        continue;
+      }
+      const double ulp = std::nextafter(wf, INFINITY) - wf;
+      worst = std::max(worst, std::fabs(out[k] - want) / ulp);
+      ++checked;
+    }
+  }
+  INFO("worst error " << worst << " ulp over " << checked << " normal results");
+  CHECK(checked > 100000);
+  CHECK(worst <= 2.0);
+}
 #endif
+
+TEST_CASE("the fused pass keeps subnormals out: |2h-1|^(beta-1) below e^-80 counts as 0", "[adaround]") {
+  // V spread so that |2h - 1| covers (0, 1) densely: at beta = 20 about 1 % of the
+  // weights have |2h-1|^19 below FLT_MIN. The pass must give the formula's values within
+  // float rounding and leave no subnormal number in V, m, v or the soft weights.
+  const std::size_t out = 8, in = 1000;
+  const auto w = normal_matrix(out, in, 51, 0.3f);
+  const qparams p = calibrate_minmax(w, grid::int_signed(4), scheme::symmetric, 0);
+  const auto plan = detail::make_segment_plan(w.shape(), p, "test");
+  const float qmin = float(p.qmin()), qmax = float(p.qmax());
+  xt::xtensor<float, 2> base = xt::xtensor<float, 2>::from_shape(w.shape());
+  detail::for_each_param(plan, 0, plan.n, [&](std::size_t i, float, float inv_s, float z) {
+    base.data()[i] = std::floor(w.data()[i] * inv_s) + z;
+  });
+  xt::xtensor<float, 2> V = xt::xtensor<float, 2>::from_shape(w.shape());
+  for (std::size_t i = 0; i < V.size(); ++i) V.data()[i] = -2.39f + 4.78f * static_cast<float>(i) / V.size();
+  const auto g = normal_matrix(out, in, 52, 1e-3f);
+  const float beta = 20.0f, lambda = 0.01f;
+  double reg_want = 0.0;
+  for (std::size_t i = 0; i < V.size(); ++i) {
+    const double h = std::min(1.0, std::max(0.0, 1.2 / (1.0 + std::exp(-double(V.data()[i]))) - 0.1));
+    reg_want += 1.0 - std::pow(std::fabs(2.0 * h - 1.0), double(beta));
+  }
+  xt::xtensor<float, 2> ws = xt::zeros<float>(w.shape()), sig = ws;
+  std::vector<float> m(w.size(), 0.0f), s2(w.size(), 0.0f);
+  kernels::adaround_soft_weights<>(plan, qmin, qmax, base.data(), V.data(), sig.data(), ws.data());
+  kernels::adaround_step_constants c;
+  c.adam = adam_step::make(adam_options{}, 1);
+  c.lambda = lambda;
+  c.beta = beta;
+  const double reg = kernels::adaround_fused_step<>(plan, qmin, qmax, base.data(), g.data(), V.data(), sig.data(),
+                                                    m.data(), s2.data(), ws.data(), c);
+  CHECK(reg == Approx(reg_want).epsilon(1e-5));
+  auto subnormals = [](const float* a, std::size_t n) {
+    return std::count_if(a, a + n, [](float x) { return std::fpclassify(x) == FP_SUBNORMAL; });
+  };
+  CHECK(subnormals(V.data(), V.size()) == 0);
+  CHECK(subnormals(m.data(), m.size()) == 0);
+  CHECK(subnormals(s2.data(), s2.size()) == 0);
+  CHECK(subnormals(ws.data(), ws.size()) == 0);
+}
 
 namespace {
 struct layer_case {

@@ -34,6 +34,57 @@ TEST_CASE("Adam kernels match the reference loop bit for bit (SIMD, scalar, any 
   }
 }
 
+TEST_CASE("Adam flushes moments that decay towards subnormals, SIMD and reference alike", "[optim]") {
+  // One real gradient, then zeros for 1500 steps (a saturated AdaRound weight): m decays by
+  // beta1 per step and would pass through the subnormal range around step 700; the flush
+  // rule sets it to 0 once below (1 - beta1) eps 2^-24. Gradients below eps 2^-24 count
+  // as 0, larger ones as themselves.
+  adam_options o;
+  const std::size_t n = 37;
+  const float tiny = o.epsilon * 0x1p-24f;
+  std::vector<float> g0(n);
+  for (std::size_t i = 0; i < n; ++i) g0[i] = (i % 3 == 0 ? 1e-3f : i % 3 == 1 ? 0.5f * tiny : 2.0f * tiny) * (i % 2 ? 1 : -1);
+  std::vector<float> p(n, 0.25f), pr = p, mr(n, 0.0f), vr(n, 0.0f);
+  adam opt(n, o);
+  const std::vector<float> zero(n, 0.0f);
+  std::size_t subnormal = 0;
+  for (std::size_t t = 1; t <= 1500; ++t) {
+    const auto& g = t == 1 ? g0 : zero;
+    opt.step(p.data(), g.data());
+    ref::adam_step(pr, g, mr, vr, t, o);
+    for (std::size_t i = 0; i < n; ++i) {
+      subnormal += std::fpclassify(opt.first_moment()[i]) == FP_SUBNORMAL;
+      subnormal += std::fpclassify(opt.second_moment()[i]) == FP_SUBNORMAL;
+    }
+    if (t == 1)
+      for (std::size_t i = 0; i < n; ++i) {
+        INFO("i = " << i << ", g = " << g0[i]);
+        if (i % 3 == 1)
+          CHECK(opt.first_moment()[i] == 0.0f);  // |g| < eps 2^-24: no update at all
+        else
+          CHECK(opt.first_moment()[i] == (1.0f - o.beta1) * g0[i]);
+      }
+  }
+  CHECK(subnormal == 0);
+  require_bitwise_equal(p, pr, n, "adam simd vs reference");
+  require_bitwise_equal(opt.first_moment(), mr, n, "first moment");
+  require_bitwise_equal(opt.second_moment(), vr, n, "second moment");
+  for (std::size_t i = 0; i < n; ++i) CHECK(opt.first_moment()[i] == 0.0f);  // 0.9^1500 m_1: flushed long ago
+}
+
+TEST_CASE("simd::fma rounds once for floats and packs", "[optim][simd]") {
+  // (1 + 2^-23)^2 = 1 + 2^-22 + 2^-46: fused, minus (1 + 2^-22) leaves 2^-46; a multiply
+  // then an add would round the product to 1 + 2^-22 first and give 0.
+  const float a = 1.0f + 0x1p-23f, c = -(1.0f + 0x1p-22f);
+  CHECK(simd::fma(a, a, c) == 0x1p-46f);
+#if !defined(QUANT_NO_SIMD)
+  using B = xsimd::batch<float, simd::default_arch>;
+  alignas(64) float out[B::size];
+  simd::fma(B(a), B(a), B(c)).store_aligned(out);
+  for (float r : out) CHECK(r == 0x1p-46f);
+#endif
+}
+
 TEST_CASE("Adam first step moves each parameter by lr against the gradient sign", "[optim]") {
   // t = 1: m_hat = g, v_hat = g^2, so the step is lr * g / (|g| + eps).
   std::vector<float> p = {1.0f, -2.0f, 0.5f, 3.0f};

@@ -35,10 +35,16 @@
 //    unit the layer optimizer, block reconstruction and custom trainers share).
 //  * adaround_optimizer / adaround_layer: the layer optimizer (two GEMMs + the fused pass per
 //    iteration), adaround_progress_printer for terminals.
-// Numerics: every operation is the IEEE one in float except exp and log. SIMD packs use
-// xsimd's exp and a division-free log (Cephes' logf polynomial, within 2 ulp, tested);
-// scalar code uses std::exp / std::log, so SIMD and scalar results agree to a few ulp,
-// not bit for bit. The pow of the regularizer is exp((beta - 1) log|2h-1|) times |2h-1|.
+// Numerics: every operation is the IEEE one in float except exp and log. Float SIMD packs
+// use a division-free log and an exp written with explicit FMAs (Cephes' polynomials,
+// both within 2 ulp, tested); scalar code uses std::exp / std::log, so SIMD and scalar
+// results agree to a few ulp, not bit for bit. Multiply-adds that are spelled simd::fma
+// are fused whatever the compiler's -ffp-contract. The pow of the regularizer is
+// exp((beta - 1) log|2h-1|) times |2h-1|; in the fused pass |2h-1|^(beta-1) < e^-80 counts
+// as 0, and Adam flushes its tiny moments (optim.hpp), so that no subnormal float ever
+// enters the pass: on x86 each instruction that meets one takes a ~100-cycle assist, and
+// at beta = 20 |2h-1|^19 is subnormal for 1 % of the weights (this had made the
+// regularized phase 2x slower than the warm-up).
 // Data layout of the layer optimizer: rows are samples. W [out, in], X [samples, in]
 // (a Linear layer's input batch, or a conv layer's im2col matrix, see im2col.hpp), so a
 // mini-batch is a gather of contiguous rows and both GEMMs run on it in place:
@@ -52,6 +58,7 @@
 #include <cstdint>
 #include <functional>
 #include <iomanip>
+#include <limits>
 #include <ostream>
 #include <sstream>
 #include <string>
@@ -106,9 +113,39 @@ QUANT_ALWAYS_INLINE double exp_of(double x) noexcept { return std::exp(x); }
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #endif
-template <class T, class A>
-QUANT_ALWAYS_INLINE xsimd::batch<T, A> exp_of(const xsimd::batch<T, A>& x) noexcept {
+template <class A>
+QUANT_ALWAYS_INLINE xsimd::batch<double, A> exp_of(const xsimd::batch<double, A>& x) noexcept {
   return xsimd::exp(x);
+}
+// exp(x) for float packs: x = k ln2 + r with k = round(x / ln2) and ln2 in two parts
+// (Cody-Waite), exp(r) = 1 + r + r^2 P(r) with Cephes' expf polynomial (the one xsimd
+// uses), times 2^k built in exponent fields; subnormal results down to 0 below -104, inf
+// above log(FLT_MAX), NaN stays NaN. Within 2 ulp of exp (tested). Written out instead of
+// xsimd::exp because xsimd 8.1 evaluates its polynomial with a generic a * b + c on
+// AVX-512 (no FMA there), which -ffp-contract=off turns into twice the instructions and
+// other bits.
+template <class A>
+QUANT_ALWAYS_INLINE xsimd::batch<float, A> exp_of(const xsimd::batch<float, A>& x) noexcept {
+  using B = xsimd::batch<float, A>;
+  using I = xsimd::batch<std::int32_t, A>;
+  // Clamped first so that lanes far out of range do not build garbage exponents (and
+  // subnormal intermediates) before the selects at the end; NaN passes the clamp.
+  const B xc = simd::clamp(x, B(-104.0f), B(89.0f));
+  const B k = xsimd::nearbyint(xc * B(1.44269504088896341f));
+  B r = simd::fma(k, B(-0.693359375f), xc);
+  r = simd::fma(k, B(2.12194440e-4f), r);
+  B y = B(1.3997796e-03f);
+  y = simd::fma(y, r, B(8.3955629e-03f));
+  y = simd::fma(y, r, B(4.1665401e-02f));
+  y = simd::fma(y, r, B(1.6666277e-01f));
+  y = simd::fma(y, r, B(5.0000000e-01f));
+  y = simd::fma(y, r * r, r) + B(1.0f);
+  // 2^k as 2^(k/2) 2^(k - k/2): both halves are normal floats for every k in [-150, 128],
+  // so results near FLT_MAX stay finite and below FLT_MIN become subnormal as they should.
+  const I n = xsimd::to_int(k), n1 = n >> 1;
+  const B e = y * xsimd::bitwise_cast<B>((n1 + I(127)) << 23) * xsimd::bitwise_cast<B>((n - n1 + I(127)) << 23);
+  return xsimd::select(x < B(-104.0f), B(0.0f),
+                       xsimd::select(x > B(88.72283935546875f), B(std::numeric_limits<float>::infinity()), e));
 }
 QUANT_ALWAYS_INLINE float log_of(float x) noexcept { return std::log(x); }
 QUANT_ALWAYS_INLINE double log_of(double x) noexcept { return std::log(x); }
@@ -132,16 +169,16 @@ QUANT_ALWAYS_INLINE xsimd::batch<float, A> log_of(const xsimd::batch<float, A>& 
   const B f = xsimd::bitwise_cast<B>(ix) - B(1.0f);
   const B z = f * f;
   B y = B(7.0376836292e-2f);
-  y = y * f + B(-1.1514610310e-1f);
-  y = y * f + B(1.1676998740e-1f);
-  y = y * f + B(-1.2420140846e-1f);
-  y = y * f + B(1.4249322787e-1f);
-  y = y * f + B(-1.6668057665e-1f);
-  y = y * f + B(2.0000714765e-1f);
-  y = y * f + B(-2.4999993993e-1f);
-  y = y * f + B(3.3333331174e-1f);
-  y = y * f * z + k * B(-2.12194440e-4f) - B(0.5f) * z;
-  return (f + y) + k * B(0.693359375f);
+  y = simd::fma(y, f, B(-1.1514610310e-1f));
+  y = simd::fma(y, f, B(1.1676998740e-1f));
+  y = simd::fma(y, f, B(-1.2420140846e-1f));
+  y = simd::fma(y, f, B(1.4249322787e-1f));
+  y = simd::fma(y, f, B(-1.6668057665e-1f));
+  y = simd::fma(y, f, B(2.0000714765e-1f));
+  y = simd::fma(y, f, B(-2.4999993993e-1f));
+  y = simd::fma(y, f, B(3.3333331174e-1f));
+  y = simd::fma(k, B(-2.12194440e-4f), simd::fma(B(-0.5f), z, y * f * z));
+  return simd::fma(k, B(0.693359375f), f + y);
 }
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic pop
@@ -155,7 +192,13 @@ QUANT_ALWAYS_INLINE P sigmoid(const P& v) noexcept {
 // sigmoid(V) stretched to (gamma, zeta), before the clamp.
 template <class P>
 QUANT_ALWAYS_INLINE P stretched(const P& sig) noexcept {
-  return sig * P(adaround_zeta - adaround_gamma) + P(adaround_gamma);
+  return simd::fma(sig, P(adaround_zeta - adaround_gamma), P(adaround_gamma));
+}
+
+// h'(V) from sig = sigmoid(V) where 0 < h < 1 (`inside`), else 0.
+template <class P, class M>
+QUANT_ALWAYS_INLINE P stretched_grad(const M& inside, const P& sig) noexcept {
+  return simd::select(inside, simd::fma(-sig, sig, sig) * P(adaround_zeta - adaround_gamma), P(0));  // sig (1 - sig)
 }
 
 template <class P>
@@ -167,7 +210,7 @@ template <class P>
 QUANT_ALWAYS_INLINE P rect_sigmoid_grad(const P& v) noexcept {
   const P sig = sigmoid(v);
   const P u = stretched(sig);
-  return simd::select((u > P(0)) & (u < P(1)), sig * (P(1) - sig) * P(adaround_zeta - adaround_gamma), P(0));
+  return stretched_grad((u > P(0)) & (u < P(1)), sig);
 }
 
 // |t|^e for e >= 0 with 0^e = 0 (the regularizer terms only use it where that is the limit).
@@ -188,7 +231,7 @@ QUANT_ALWAYS_INLINE P regularizer_grad(const P& v, const P& beta) noexcept {
   const P sig = sigmoid(v);
   const P u = stretched(sig);
   const P h = simd::clamp(u, P(0), P(1));
-  const P hp = simd::select((u > P(0)) & (u < P(1)), sig * (P(1) - sig) * P(adaround_zeta - adaround_gamma), P(0));
+  const P hp = stretched_grad((u > P(0)) & (u < P(1)), sig);
   const P t = P(2) * h - P(1);
   const P p = pow_abs(t, beta - P(1));
   return P(-2) * beta * simd::select(t < P(0), -p, p) * hp;
@@ -507,15 +550,19 @@ QUANT_ALWAYS_INLINE P adaround_gradient_pack(const adaround_buffers& f, std::siz
   // 1 - |2h-1|^beta and its gradient are all exactly 0 (late in the schedule, most packs).
   if (any_of(inside)) {
     const P h = simd::clamp(u, P(0.0f), P(1.0f));
-    const P hp = simd::select(inside, sg * (P(1.0f) - sg) * P(adaround_zeta - adaround_gamma), P(0.0f));
+    const P hp = stretched_grad(inside, sg);
     const P q = simd::load<A>(f.base + e) + h;
     g = simd::select((q >= P(qmin)) & (q <= P(qmax)), simd::load<A>(f.grad + e) * s, P(0.0f)) * hp;
     if (regularize) {
-      const P t = P(2.0f) * h - P(1.0f);
+      const P t = simd::fma(P(2.0f), h, P(-1.0f));
       const P at = simd::abs(t);
-      const P pw = simd::select(at > P(0.0f), exp_of(P(c.beta - 1.0f) * log_of(at)), P(0.0f));  // |t|^(beta-1)
-      term = P(1.0f) - pw * at;                                                                // 1 - |t|^beta
-      g = g + P(-2.0f * c.beta * c.lambda) * simd::select(t < P(0.0f), -pw, pw) * hp;
+      // |t|^(beta-1), taken as 0 below e^-80 (also for t = 0): exp would return a subnormal
+      // there (and 0 below e^-104), and subnormals cost a microcode assist per instruction.
+      const P arg = P(c.beta - 1.0f) * log_of(simd::select(at > P(0.0f), at, P(1.0f)));
+      const auto normal = (at > P(0.0f)) & (arg > P(-80.0f));
+      const P pw = simd::select(normal, exp_of(simd::select(normal, arg, P(0.0f))), P(0.0f));
+      term = simd::fma(-pw, at, P(1.0f));  // 1 - |t|^beta
+      g = simd::fma(P(-2.0f * c.beta * c.lambda) * simd::select(t < P(0.0f), -pw, pw), hp, g);
     }
   }
   simd::store(g_out, g);

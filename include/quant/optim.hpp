@@ -3,11 +3,21 @@
 //
 // Adam (Kingma & Ba 2015, Algorithm 1), written in PyTorch's order of operations
 // (torch.optim.Adam, amsgrad = false, L2 weight decay added to the gradient):
-//     g   <- g + weight_decay * p
-//     m   <- beta1 * m + (1 - beta1) * g
-//     v   <- beta2 * v + (1 - beta2) * g * g
-//     p   <- p - (lr / (1 - beta1^t)) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
-// The bias corrections are computed once per step in double and rounded to float.
+//     g   <- fma(weight_decay, p, g)
+//     m   <- fma(beta1, m, (1 - beta1) * g)
+//     v   <- fma(beta2, v, (1 - beta2) * (g * g))
+//     p   <- fma(-lr / (1 - beta1^t), m / fma(sqrt(v), 1 / sqrt(1 - beta2^t), eps), p)
+// Flush to zero, where torch keeps going: |g| < eps 2^-24 (after weight decay),
+// |m| < (1 - beta1) eps 2^-24 and v < (eps 2^-24)^2 are set to 0. Such values move p by
+// less than lr 2^-24 per step (eps dominates the denominator), but left alone they decay
+// geometrically into subnormal floats, and every x86 instruction touching a subnormal
+// takes a ~100-cycle microcode assist: AdaRound's saturated weights (g = 0 for thousands
+// of iterations) made its regularized phase 2x slower than its warm-up before this rule.
+// The bias corrections are computed once per step in double and rounded to float. The
+// multiply-adds are fused (one rounding each): an FMA is one instruction where a multiply
+// then an add are two, and spelling them makes the results independent of the caller's
+// -ffp-contract setting (GCC fuses a * b + c on its own by default, or not at -O0 or with
+// -ffp-contract=off, so unspelled code gives different bits under different flags).
 // SGD (torch.optim.SGD): g <- g + weight_decay * p; with momentum mu the buffer starts as
 // g and then follows b <- mu * b + (1 - dampening) * g; Nesterov uses g + mu * b, else b;
 // p <- p - lr * g.
@@ -18,8 +28,9 @@
 //    whose `apply(p, g, m, v)` updates one pack (or one float) in registers, so a caller
 //    that computes the gradient element by element (AdaRound's pass over V) updates the
 //    parameters in the same pass, without writing the gradient to memory.
-// Updates are elementwise and exact IEEE operations (+, *, /, sqrt), so SIMD, scalar and
-// the quant::ref loops agree bit for bit, for any thread count.
+// Updates are elementwise and exact IEEE operations (+, *, /, sqrt, fma), so SIMD, scalar
+// and the quant::ref loops agree bit for bit, for any thread count (on archs with FMA
+// instructions; xsimd falls back to a * b + c on SIMD archs without them).
 // `cosine_decay` is the closed form of PyTorch's CosineAnnealingLR (BRECQ's step-size
 // schedule for LSQ activation quantizers).
 #pragma once
@@ -62,10 +73,12 @@ struct adam_step {
   float step_size;     // lr / (1 - beta1^t)
   float inv_sqrt_bc2;  // 1 / sqrt(1 - beta2^t)
   float beta1, one_minus_beta1, beta2, one_minus_beta2, epsilon, weight_decay;
+  float g_floor, m_floor, v_floor;  // flush-to-zero thresholds (see the header comment)
 
   static adam_step make(const adam_options& o, std::size_t t) noexcept {
     const double bc1 = 1.0 - std::pow(static_cast<double>(o.beta1), static_cast<double>(t));
     const double bc2 = 1.0 - std::pow(static_cast<double>(o.beta2), static_cast<double>(t));
+    const float tiny = o.epsilon * 0x1p-24f;  // eps 2^-24
     return {static_cast<float>(static_cast<double>(o.learning_rate) / bc1),
             static_cast<float>(1.0 / std::sqrt(bc2)),
             o.beta1,
@@ -73,17 +86,24 @@ struct adam_step {
             o.beta2,
             1.0f - o.beta2,
             o.epsilon,
-            o.weight_decay};
+            o.weight_decay,
+            tiny,
+            (1.0f - o.beta1) * tiny,
+            tiny * tiny};
   }
 
   // Updates the moments m, v in place and returns the new parameter.
   template <class P>
   QUANT_ALWAYS_INLINE P apply(const P& p, P g, P& m, P& v) const noexcept {
-    g = g + P(weight_decay) * p;
-    m = P(beta1) * m + P(one_minus_beta1) * g;
-    v = P(beta2) * v + P(one_minus_beta2) * (g * g);
-    const P denom = detail_sqrt(v) * P(inv_sqrt_bc2) + P(epsilon);
-    return p - P(step_size) * (m / denom);
+    // Spelled as FMAs (simd::fma), so results do not depend on -ffp-contract.
+    g = simd::fma(P(weight_decay), p, g);
+    g = simd::select(simd::abs(g) < P(g_floor), P(0.0f), g);
+    m = simd::fma(P(beta1), m, P(one_minus_beta1) * g);
+    m = simd::select(simd::abs(m) < P(m_floor), P(0.0f), m);
+    v = simd::fma(P(beta2), v, P(one_minus_beta2) * (g * g));
+    v = simd::select(v < P(v_floor), P(0.0f), v);
+    const P denom = simd::fma(detail_sqrt(v), P(inv_sqrt_bc2), P(epsilon));
+    return simd::fma(-P(step_size), m / denom, p);
   }
 
  private:

@@ -106,6 +106,25 @@ QUANT_ALWAYS_INLINE xsimd::batch<T, A> select(const xsimd::batch_bool<T, A>& c,
   return xsimd::select(c, a, b);
 }
 
+// a * b + c rounded once, whatever -ffp-contract says: kernels that want FMAs spell them,
+// so their results do not depend on the compiler's contraction flags. Batches use the FMA
+// instruction: xsimd 8.1 has it for FMA3 archs but not for AVX-512, where its fma is the
+// generic a * b + c (two roundings under -ffp-contract=off, one otherwise), hence the
+// intrinsics below. On SIMD archs without FMA instructions xsimd's a * b + c remains.
+QUANT_ALWAYS_INLINE float fma(float a, float b, float c) noexcept { return std::fma(a, b, c); }
+QUANT_ALWAYS_INLINE double fma(double a, double b, double c) noexcept { return std::fma(a, b, c); }
+template <class T, class A>
+QUANT_ALWAYS_INLINE xsimd::batch<T, A> fma(const xsimd::batch<T, A>& a, const xsimd::batch<T, A>& b,
+                                           const xsimd::batch<T, A>& c) noexcept {
+#if defined(__AVX512F__)
+  if constexpr (std::is_base_of<xsimd::avx512f, A>::value) {
+    if constexpr (std::is_same<T, float>::value) return _mm512_fmadd_ps(a, b, c);
+    if constexpr (std::is_same<T, double>::value) return _mm512_fmadd_pd(a, b, c);
+  }
+#endif
+  return xsimd::fma(a, b, c);
+}
+
 // trunc/floor/ceil: exact operations whose SIMD forms use an explicit rounding
 // immediate (never the MXCSR mode), so results do not depend on the FP environment.
 QUANT_ALWAYS_INLINE float trunc(float x) noexcept { return std::trunc(x); }
