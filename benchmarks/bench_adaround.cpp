@@ -1,14 +1,37 @@
 // AdaRound iteration cost: one adaround_optimizer::step() on W [256, 1152] (a 3x3 conv
 // with 128 input channels), a batch of 256 rows, against the same-run baseline of its two
 // GEMMs alone (Y = X_b W^T, G = dY^T X_b). The target: iteration <= 1.25x GEMMs.
-// Also the fused pass over V alone (fresh V with the regularizer on, warm-up, late). n = out * in (weights) is the item count for all of
-// them, so the ratio table's "copy" columns compare against moving the weights once.
-// Threads: OpenBLAS uses its own pool for the GEMMs; quant's pass uses set_num_threads(t).
+//
+// iteration_vs_gemms interleaves the two: each benchmark iteration runs one optimizer
+// step, then the two GEMMs alone on a fixed batch, timing each, and reports the medians
+// and the median of the per-pair ratios (counter "ratio"). On a shared machine whose
+// clock drifts by 30 % between runs, two separately timed benchmarks give ratios that
+// wander by as much; interleaved pairs see the same conditions. Arguments: n (weights),
+// quant's threads, BLAS threads (OpenBLAS's openblas_set_num_threads), and the pass:
+//   0  adaround_optimizer::step() itself
+//   1  the same step with the fused pass replaced by a loop that moves the same bytes
+//      (reads floor(W/s)+z, G, V, sigmoid(V), m, v; writes V, sigmoid(V), m, v, W_soft)
+//      and does no arithmetic worth the name: the memory floor of this data layout
+//   2  the same step without any pass (sampling, gather, loss, GEMMs): the rest
+// schedule_vs_gemms does the same over a whole default schedule (warm-up, then the
+// annealed regularizer), the cost a user sees; fused_pass times the pass alone, in three
+// phases of a schedule.
+// n = out * in (weights) is the item count for all of them, so the ratio table's "copy"
+// columns compare against moving the weights once.
 #include <quant/adaround.hpp>
 
 #include <xtensor-blas/xlinalg.hpp>
 
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <vector>
+
 #include "bench_common.hpp"
+
+// OpenBLAS's thread knobs, if the BLAS linked is OpenBLAS (weak: null otherwise).
+extern "C" void openblas_set_num_threads(int) __attribute__((weak));
+extern "C" int openblas_get_num_threads(void) __attribute__((weak));
 
 namespace {
 
@@ -43,31 +66,149 @@ quant::adaround_options options() {
   return o;
 }
 
-void adaround_iteration(benchmark::State& state) {
-  quant::set_num_threads(static_cast<int>(state.range(1)));
-  const auto& d = data();
-  quant::adaround_optimizer opt(d.w, d.x, d.p, options());
-  opt.step();
-  for (auto _ : state) {
-    opt.step();
-    benchmark::DoNotOptimize(opt.soft_weights().data());
-  }
-  state.SetItemsProcessed(static_cast<long>(state.iterations()) * n_weights);
-  quant::set_num_threads(0);
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0.0 : v[v.size() / 2];
 }
 
-void two_gemms(benchmark::State& state) {
-  const auto& d = data();
-  xt::xtensor<float, 2> xb = xt::view(d.x, xt::range(0, batch), xt::all());
-  xt::xtensor<float, 2> y = xt::xtensor<float, 2>::from_shape({batch, out_ch});
-  xt::xtensor<float, 2> g = xt::xtensor<float, 2>::from_shape({out_ch, in_ch});
-  for (auto _ : state) {
-    xt::blas::gemm(xb, d.w, y, false, true);
-    xt::blas::gemm(y, xb, g, true, false);
-    benchmark::DoNotOptimize(g.data());
-    benchmark::ClobberMemory();
+// The fused pass's memory traffic without its arithmetic (pass 1 above).
+void traffic_only_pass(const float* base, const float* grad, float* V, float* sig, float* m, float* v, float* w_soft,
+                       std::size_t n) {
+  constexpr std::size_t piece = std::size_t(1) << 14;
+  quant::detail::parallel_for((n + piece - 1) / piece, n, [&](std::size_t t) {
+    const std::size_t end = std::min(n, (t + 1) * piece);
+    for (std::size_t i = t * piece; i < end; ++i) {
+      const float g = grad[i], mm = m[i] + g, vv = v[i] + g * g, s = sig[i] + base[i];
+      m[i] = mm;
+      v[i] = vv;
+      V[i] = V[i] - mm;
+      sig[i] = s;
+      w_soft[i] = s;
+    }
+  });
+}
+
+void iteration_vs_gemms(benchmark::State& state) {
+  const int quant_threads = static_cast<int>(state.range(1)), blas_threads = static_cast<int>(state.range(2));
+  const int pass = static_cast<int>(state.range(3));
+  if (!(openblas_set_num_threads && openblas_get_num_threads) && blas_threads != 1) {
+    state.SkipWithError("setting the BLAS thread count needs OpenBLAS");
+    return;
   }
+  const int blas_default = openblas_get_num_threads ? openblas_get_num_threads() : 1;
+  if (openblas_set_num_threads) openblas_set_num_threads(blas_threads);
+  quant::set_num_threads(quant_threads);
+  const auto& d = data();
+  const std::size_t n = d.w.size();
+  quant::adaround_optimizer opt(d.w, d.x, d.p, options());
+  // Passes 1 and 2: the calls adaround_optimizer::step makes, with the pass swapped.
+  std::vector<std::size_t> perm(samples);
+  for (std::size_t i = 0; i < samples; ++i) perm[i] = i;
+  xt::xtensor<float, 2> target = xt::xtensor<float, 2>::from_shape({samples, out_ch});
+  quant::detail::gemm_nt(d.x, d.w, target);
+  xt::xtensor<float, 2> xb = xt::xtensor<float, 2>::from_shape({batch, in_ch});
+  xt::xtensor<float, 2> yb = xt::xtensor<float, 2>::from_shape({batch, out_ch});
+  xt::xtensor<float, 2> w_soft = d.w, grad = xt::zeros<float>(d.w.shape());
+  std::vector<float> base(n, 1.0f), V(n, 0.5f), sig(n, 0.5f), m(n, 0.0f), v(n, 0.0f), bias(out_ch, 0.0f);
+  std::uint64_t draw = 0;
+  auto step_pieces = [&] {
+    quant::detail::sample_rows(perm, batch, 0, draw++);
+    quant::detail::gather_rows(d.x, perm.data(), batch, xb);
+    quant::detail::gemm_nt(xb, w_soft, yb);
+    double loss = 0.0;
+    for (std::size_t j = 0; j < batch; ++j)
+      loss += quant::detail::layer_loss_row<>(yb.data() + j * out_ch, target.data() + perm[j] * out_ch, bias.data(),
+                                              yb.shape()[1], quant::activation::identity, 2.0f / batch);
+    quant::detail::gemm_tn(yb, xb, grad);
+    if (pass == 1) traffic_only_pass(base.data(), grad.data(), V.data(), sig.data(), m.data(), v.data(), w_soft.data(), n);
+    benchmark::DoNotOptimize(loss);
+  };
+  // The two GEMMs alone: a fixed batch, the same shapes and calls.
+  xt::xtensor<float, 2> xb0 = xt::view(d.x, xt::range(0, batch), xt::all());
+  xt::xtensor<float, 2> y0 = xt::xtensor<float, 2>::from_shape({batch, out_ch});
+  xt::xtensor<float, 2> g0 = xt::xtensor<float, 2>::from_shape({out_ch, in_ch});
+  auto gemms = [&] {
+    quant::detail::gemm_nt(xb0, d.w, y0);
+    quant::detail::gemm_tn(y0, xb0, g0);
+    benchmark::DoNotOptimize(g0.data());
+  };
+  auto iteration = [&] { pass == 0 ? opt.step() : step_pieces(); };
+  using clock = std::chrono::steady_clock;
+  for (int warm = 0; warm < 5; ++warm) {
+    iteration();
+    gemms();
+  }
+  std::vector<double> t_iter, t_gemm, ratio;
+  for (auto _ : state) {
+    const auto t0 = clock::now();
+    iteration();
+    const auto t1 = clock::now();
+    gemms();
+    const auto t2 = clock::now();
+    const double a = std::chrono::duration<double>(t1 - t0).count();
+    const double b = std::chrono::duration<double>(t2 - t1).count();
+    t_iter.push_back(a);
+    t_gemm.push_back(b);
+    ratio.push_back(a / b);
+    state.SetIterationTime(a);
+  }
+  state.counters["iteration_ms"] = median(t_iter) * 1e3;
+  state.counters["gemms_ms"] = median(t_gemm) * 1e3;
+  state.counters["ratio"] = median(ratio);
   state.SetItemsProcessed(static_cast<long>(state.iterations()) * n_weights);
+  quant::set_num_threads(0);
+  if (openblas_set_num_threads) openblas_set_num_threads(blas_default);
+}
+
+// A whole default schedule (2000 iterations: 20 % warm-up, then beta 20 -> 2), each
+// iteration followed by the two GEMMs alone as in iteration_vs_gemms. One benchmark
+// iteration is the whole run; counters: median ratio in the warm-up, median ratio in the
+// regularized phase, and the ratio of the summed times (what the whole run costs).
+void schedule_vs_gemms(benchmark::State& state) {
+  const int quant_threads = static_cast<int>(state.range(1)), blas_threads = static_cast<int>(state.range(2));
+  if (!(openblas_set_num_threads && openblas_get_num_threads) && blas_threads != 1) {
+    state.SkipWithError("setting the BLAS thread count needs OpenBLAS");
+    return;
+  }
+  const int blas_default = openblas_get_num_threads ? openblas_get_num_threads() : 1;
+  if (openblas_set_num_threads) openblas_set_num_threads(blas_threads);
+  quant::set_num_threads(quant_threads);
+  const auto& d = data();
+  xt::xtensor<float, 2> xb0 = xt::view(d.x, xt::range(0, batch), xt::all());
+  xt::xtensor<float, 2> y0 = xt::xtensor<float, 2>::from_shape({batch, out_ch});
+  xt::xtensor<float, 2> g0 = xt::xtensor<float, 2>::from_shape({out_ch, in_ch});
+  using clock = std::chrono::steady_clock;
+  std::vector<double> warm, regularized;
+  double sum_iter = 0.0, sum_gemm = 0.0;
+  for (auto _ : state) {
+    quant::adaround_options o;
+    o.iterations = 2000;
+    o.batch_size = batch;
+    quant::adaround_optimizer opt(d.w, d.x, d.p, o);
+    while (!opt.done()) {
+      const bool in_warmup = opt.iteration() < o.warmup_iterations();
+      const auto t0 = clock::now();
+      opt.step();
+      const auto t1 = clock::now();
+      quant::detail::gemm_nt(xb0, d.w, y0);
+      quant::detail::gemm_tn(y0, xb0, g0);
+      benchmark::DoNotOptimize(g0.data());
+      const auto t2 = clock::now();
+      const double a = std::chrono::duration<double>(t1 - t0).count();
+      const double b = std::chrono::duration<double>(t2 - t1).count();
+      (in_warmup ? warm : regularized).push_back(a / b);
+      sum_iter += a;
+      sum_gemm += b;
+    }
+    state.SetIterationTime(sum_iter);
+    benchmark::DoNotOptimize(opt.result().report.non_binary_fraction);
+  }
+  state.counters["ratio_warmup"] = median(warm);
+  state.counters["ratio_regularized"] = median(regularized);
+  state.counters["ratio_total"] = sum_iter / sum_gemm;
+  state.SetItemsProcessed(static_cast<long>(state.iterations()) * 2000 * n_weights);
+  quant::set_num_threads(0);
+  if (openblas_set_num_threads) openblas_set_num_threads(blas_default);
 }
 
 // The fused pass alone, in three phases of a schedule (range(2)):
@@ -107,8 +248,28 @@ void fused_pass(benchmark::State& state) {
 
 }  // namespace
 
-BENCHMARK(two_gemms)->Arg(n_weights)->UseRealTime()->Unit(benchmark::kMillisecond);
-BENCHMARK(adaround_iteration)->Args({n_weights, 1})->Args({n_weights, 2})->UseRealTime()->Unit(benchmark::kMillisecond);
+// (quant threads, BLAS threads): one core for everything; quant's pass on two cores with
+// BLAS on one; both on two cores (then OpenMP's and OpenBLAS's idle workers spin against
+// each other unless OMP_WAIT_POLICY=passive: see the README's speed notes).
+BENCHMARK(iteration_vs_gemms)
+    ->ArgNames({"n", "quant_threads", "blas_threads", "pass"})
+    ->Args({n_weights, 1, 1, 0})
+    ->Args({n_weights, 1, 1, 1})
+    ->Args({n_weights, 1, 1, 2})
+    ->Args({n_weights, 2, 1, 0})
+    ->Args({n_weights, 2, 1, 1})
+    ->Args({n_weights, 1, 2, 0})
+    ->Args({n_weights, 2, 2, 0})
+    ->Iterations(300)
+    ->UseManualTime()
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK(schedule_vs_gemms)
+    ->ArgNames({"n", "quant_threads", "blas_threads"})
+    ->Args({n_weights, 1, 1})
+    ->Args({n_weights, 2, 1})
+    ->Iterations(1)
+    ->UseManualTime()
+    ->Unit(benchmark::kMillisecond);
 BENCHMARK(fused_pass)
     ->ArgsProduct({{n_weights}, {1, 2}, {0, 1, 2}})
     ->UseRealTime()
