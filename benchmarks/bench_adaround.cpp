@@ -66,6 +66,29 @@ quant::adaround_options options() {
   return o;
 }
 
+// quant's threads from state.range(1), OpenBLAS's from state.range(2), for one benchmark;
+// both restored afterwards. `ok` is false (and the run skipped) if the BLAS is not
+// OpenBLAS and another BLAS thread count than 1 is asked for.
+struct threads_for_run {
+  bool ok = true;
+  int blas_before = 1;
+  explicit threads_for_run(benchmark::State& state) {
+    const int blas = static_cast<int>(state.range(2));
+    if (!(openblas_set_num_threads && openblas_get_num_threads)) {
+      ok = blas == 1;
+      if (!ok) state.SkipWithError("setting the BLAS thread count needs OpenBLAS");
+    } else {
+      blas_before = openblas_get_num_threads();
+      openblas_set_num_threads(blas);
+    }
+    quant::set_num_threads(static_cast<int>(state.range(1)));
+  }
+  ~threads_for_run() {
+    quant::set_num_threads(0);
+    if (openblas_set_num_threads) openblas_set_num_threads(blas_before);
+  }
+};
+
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   return v.empty() ? 0.0 : v[v.size() / 2];
@@ -89,15 +112,9 @@ void traffic_only_pass(const float* base, const float* grad, float* V, float* si
 }
 
 void iteration_vs_gemms(benchmark::State& state) {
-  const int quant_threads = static_cast<int>(state.range(1)), blas_threads = static_cast<int>(state.range(2));
+  const threads_for_run threads(state);
+  if (!threads.ok) return;
   const int pass = static_cast<int>(state.range(3));
-  if (!(openblas_set_num_threads && openblas_get_num_threads) && blas_threads != 1) {
-    state.SkipWithError("setting the BLAS thread count needs OpenBLAS");
-    return;
-  }
-  const int blas_default = openblas_get_num_threads ? openblas_get_num_threads() : 1;
-  if (openblas_set_num_threads) openblas_set_num_threads(blas_threads);
-  quant::set_num_threads(quant_threads);
   const auto& d = data();
   const std::size_t n = d.w.size();
   quant::adaround_optimizer opt(d.w, d.x, d.p, options());
@@ -156,8 +173,6 @@ void iteration_vs_gemms(benchmark::State& state) {
   state.counters["gemms_ms"] = median(t_gemm) * 1e3;
   state.counters["ratio"] = median(ratio);
   state.SetItemsProcessed(static_cast<long>(state.iterations()) * n_weights);
-  quant::set_num_threads(0);
-  if (openblas_set_num_threads) openblas_set_num_threads(blas_default);
 }
 
 // A whole default schedule (2000 iterations: 20 % warm-up, then beta 20 -> 2), each
@@ -165,14 +180,8 @@ void iteration_vs_gemms(benchmark::State& state) {
 // iteration is the whole run; counters: median ratio in the warm-up, median ratio in the
 // regularized phase, and the ratio of the summed times (what the whole run costs).
 void schedule_vs_gemms(benchmark::State& state) {
-  const int quant_threads = static_cast<int>(state.range(1)), blas_threads = static_cast<int>(state.range(2));
-  if (!(openblas_set_num_threads && openblas_get_num_threads) && blas_threads != 1) {
-    state.SkipWithError("setting the BLAS thread count needs OpenBLAS");
-    return;
-  }
-  const int blas_default = openblas_get_num_threads ? openblas_get_num_threads() : 1;
-  if (openblas_set_num_threads) openblas_set_num_threads(blas_threads);
-  quant::set_num_threads(quant_threads);
+  const threads_for_run threads(state);
+  if (!threads.ok) return;
   const auto& d = data();
   xt::xtensor<float, 2> xb0 = xt::view(d.x, xt::range(0, batch), xt::all());
   xt::xtensor<float, 2> y0 = xt::xtensor<float, 2>::from_shape({batch, out_ch});
@@ -207,8 +216,6 @@ void schedule_vs_gemms(benchmark::State& state) {
   state.counters["ratio_regularized"] = median(regularized);
   state.counters["ratio_total"] = sum_iter / sum_gemm;
   state.SetItemsProcessed(static_cast<long>(state.iterations()) * 2000 * n_weights);
-  quant::set_num_threads(0);
-  if (openblas_set_num_threads) openblas_set_num_threads(blas_default);
 }
 
 // The fused pass alone, in three phases of a schedule (range(2)):

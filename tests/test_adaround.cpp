@@ -43,6 +43,14 @@ double output_error(const xt::xtensor<float, 2>& w, const xt::xtensor<float, 2>&
   return acc / static_cast<double>(x.shape()[0]);
 }
 
+// floor(W/s) + z, the fused pass's `base`, for W laid out by `plan`.
+xt::xtensor<float, 2> floor_base(const xt::xtensor<float, 2>& w, const detail::segment_plan& plan) {
+  xt::xtensor<float, 2> base = xt::xtensor<float, 2>::from_shape(w.shape());
+  detail::for_each_param(plan, 0, plan.n, [&](std::size_t i, float, float inv_s, float z) {
+    base.data()[i] = std::floor(w.data()[i] * inv_s) + z;
+  });
+  return base;
+}
 }  // namespace
 
 TEST_CASE("h, h', soft weight and regularizer gradients match central differences in double", "[adaround]") {
@@ -142,10 +150,7 @@ TEST_CASE("the fused pass equals the primitives composed: gradient, Adam, next s
     auto v = adaround_init(w, p);
     for (auto& x : v) x += 0.3f;
     const auto plan = detail::make_segment_plan(w.shape(), p, "test");
-    xt::xtensor<float, 2> base = xt::xtensor<float, 2>::from_shape(w.shape());
-    detail::for_each_param(plan, 0, plan.n, [&](std::size_t i, float, float inv_s, float z) {
-      base.data()[i] = std::floor(w.data()[i] * inv_s) + z;
-    });
+    const xt::xtensor<float, 2> base = floor_base(w, plan);
     const float beta = 6.0f, lambda = 0.05f;
     // the gradient from the primitives' formulas, element by element (any granularity)
     const float qmin = float(p.qmin()), qmax = float(p.qmax());
@@ -222,10 +227,7 @@ TEST_CASE("the fused pass keeps sigmoid(V) across steps exactly: same as recompu
   const qparams p = calibrate_minmax(w, grid::int_signed(3), scheme::symmetric, 0);
   const auto plan = detail::make_segment_plan(w.shape(), p, "test");
   const float qmin = float(p.qmin()), qmax = float(p.qmax());
-  xt::xtensor<float, 2> base = xt::xtensor<float, 2>::from_shape(w.shape());
-  detail::for_each_param(plan, 0, plan.n, [&](std::size_t i, float, float inv_s, float z) {
-    base.data()[i] = std::floor(w.data()[i] * inv_s) + z;
-  });
+  const xt::xtensor<float, 2> base = floor_base(w, plan);
   xt::xtensor<float, 2> v0 = adaround_init(w, p);
   for (std::size_t i = 0; i < v0.size(); ++i) {
     const std::size_t run = (i / 40) % 4;
@@ -340,10 +342,7 @@ TEST_CASE("the fused pass keeps subnormals out: |2h-1|^(beta-1) below e^-80 coun
   const qparams p = calibrate_minmax(w, grid::int_signed(4), scheme::symmetric, 0);
   const auto plan = detail::make_segment_plan(w.shape(), p, "test");
   const float qmin = float(p.qmin()), qmax = float(p.qmax());
-  xt::xtensor<float, 2> base = xt::xtensor<float, 2>::from_shape(w.shape());
-  detail::for_each_param(plan, 0, plan.n, [&](std::size_t i, float, float inv_s, float z) {
-    base.data()[i] = std::floor(w.data()[i] * inv_s) + z;
-  });
+  const xt::xtensor<float, 2> base = floor_base(w, plan);
   xt::xtensor<float, 2> V = xt::xtensor<float, 2>::from_shape(w.shape());
   for (std::size_t i = 0; i < V.size(); ++i) V.data()[i] = -2.39f + 4.78f * static_cast<float>(i) / V.size();
   const auto g = normal_matrix(out, in, 52, 1e-3f);
