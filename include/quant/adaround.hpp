@@ -154,7 +154,7 @@ QUANT_ALWAYS_INLINE xsimd::batch<double, A> log_of(const xsimd::batch<double, A>
   return xsimd::log(x);
 }
 // log(x) for finite float packs x > 0 without a division (xsimd's log divides once per
-// pack, and the fused AdaRound pass is bound by its divisions): x = 2^k m with m in
+// pack, 10 cycles of the divider per 16 lanes): x = 2^k m with m in
 // [sqrt(1/2), sqrt(2)), log(1 + f), f = m - 1, from Cephes' logf polynomial (relative error
 // < 1e-7, as xsimd's), k log 2 added in two parts. x <= 0, inf and NaN are not handled:
 // callers select them away.
