@@ -25,6 +25,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "bench_common.hpp"
@@ -94,6 +95,33 @@ double median(std::vector<double> v) {
   return v.empty() ? 0.0 : v[v.size() / 2];
 }
 
+// The baseline: the two GEMMs of an iteration alone (a fixed batch, the same shapes and
+// calls), and one interleaved pair: seconds of iteration() and of the GEMMs right after.
+struct gemms_alone {
+  const xt::xtensor<float, 2>& w;
+  xt::xtensor<float, 2> xb, y, g;
+  explicit gemms_alone(const problem& d)
+      : w(d.w),
+        xb(xt::view(d.x, xt::range(0, batch), xt::all())),
+        y(xt::xtensor<float, 2>::from_shape({batch, out_ch})),
+        g(xt::xtensor<float, 2>::from_shape({out_ch, in_ch})) {}
+  void run() {
+    quant::detail::gemm_nt(xb, w, y);
+    quant::detail::gemm_tn(y, xb, g);
+    benchmark::DoNotOptimize(g.data());
+  }
+  template <class Iteration>
+  std::pair<double, double> timed_pair(Iteration&& iteration) {
+    using clock = std::chrono::steady_clock;
+    const auto t0 = clock::now();
+    iteration();
+    const auto t1 = clock::now();
+    run();
+    const auto t2 = clock::now();
+    return {std::chrono::duration<double>(t1 - t0).count(), std::chrono::duration<double>(t2 - t1).count()};
+  }
+};
+
 // The fused pass's memory traffic without its arithmetic (pass 1 above).
 void traffic_only_pass(const float* base, const float* grad, float* V, float* sig, float* m, float* v, float* w_soft,
                        std::size_t n) {
@@ -140,30 +168,12 @@ void iteration_vs_gemms(benchmark::State& state) {
     if (pass == 1) traffic_only_pass(base.data(), grad.data(), V.data(), sig.data(), m.data(), v.data(), w_soft.data(), n);
     benchmark::DoNotOptimize(loss);
   };
-  // The two GEMMs alone: a fixed batch, the same shapes and calls.
-  xt::xtensor<float, 2> xb0 = xt::view(d.x, xt::range(0, batch), xt::all());
-  xt::xtensor<float, 2> y0 = xt::xtensor<float, 2>::from_shape({batch, out_ch});
-  xt::xtensor<float, 2> g0 = xt::xtensor<float, 2>::from_shape({out_ch, in_ch});
-  auto gemms = [&] {
-    quant::detail::gemm_nt(xb0, d.w, y0);
-    quant::detail::gemm_tn(y0, xb0, g0);
-    benchmark::DoNotOptimize(g0.data());
-  };
+  gemms_alone baseline(d);
   auto iteration = [&] { pass == 0 ? opt.step() : step_pieces(); };
-  using clock = std::chrono::steady_clock;
-  for (int warm = 0; warm < 5; ++warm) {
-    iteration();
-    gemms();
-  }
+  for (int warm = 0; warm < 5; ++warm) baseline.timed_pair(iteration);
   std::vector<double> t_iter, t_gemm, ratio;
   for (auto _ : state) {
-    const auto t0 = clock::now();
-    iteration();
-    const auto t1 = clock::now();
-    gemms();
-    const auto t2 = clock::now();
-    const double a = std::chrono::duration<double>(t1 - t0).count();
-    const double b = std::chrono::duration<double>(t2 - t1).count();
+    const auto [a, b] = baseline.timed_pair(iteration);
     t_iter.push_back(a);
     t_gemm.push_back(b);
     ratio.push_back(a / b);
@@ -183,10 +193,7 @@ void schedule_vs_gemms(benchmark::State& state) {
   const threads_for_run threads(state);
   if (!threads.ok) return;
   const auto& d = data();
-  xt::xtensor<float, 2> xb0 = xt::view(d.x, xt::range(0, batch), xt::all());
-  xt::xtensor<float, 2> y0 = xt::xtensor<float, 2>::from_shape({batch, out_ch});
-  xt::xtensor<float, 2> g0 = xt::xtensor<float, 2>::from_shape({out_ch, in_ch});
-  using clock = std::chrono::steady_clock;
+  gemms_alone baseline(d);
   std::vector<double> warm, regularized;
   double sum_iter = 0.0, sum_gemm = 0.0;
   for (auto _ : state) {
@@ -196,15 +203,7 @@ void schedule_vs_gemms(benchmark::State& state) {
     quant::adaround_optimizer opt(d.w, d.x, d.p, o);
     while (!opt.done()) {
       const bool in_warmup = opt.iteration() < o.warmup_iterations();
-      const auto t0 = clock::now();
-      opt.step();
-      const auto t1 = clock::now();
-      quant::detail::gemm_nt(xb0, d.w, y0);
-      quant::detail::gemm_tn(y0, xb0, g0);
-      benchmark::DoNotOptimize(g0.data());
-      const auto t2 = clock::now();
-      const double a = std::chrono::duration<double>(t1 - t0).count();
-      const double b = std::chrono::duration<double>(t2 - t1).count();
+      const auto [a, b] = baseline.timed_pair([&] { opt.step(); });
       (in_warmup ? warm : regularized).push_back(a / b);
       sum_iter += a;
       sum_gemm += b;
