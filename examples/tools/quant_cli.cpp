@@ -19,6 +19,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <iostream>
+#include <memory>
 #include <optional>
 #include <sstream>
 #include <string>
@@ -36,269 +37,11 @@
 #include <quant/uniform.hpp>
 #include <xtensor/xadapt.hpp>
 
-#include "../common/npy_io.hpp"
-
-using json = nlohmann::ordered_json;
+#include "cli_common.hpp"
 
 namespace {
 
-// ---- errors and outputs ------------------------------------------------------------------
-
-struct usage_error : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
-struct data_error : std::runtime_error {
-  using std::runtime_error::runtime_error;
-};
-
-// Collects every output of a command and publishes them together: each file goes to a
-// temporary name first; commit() renames them all. The destructor removes leftovers.
-class output_set {
- public:
-  ~output_set() {
-    for (const auto& f : files_) std::remove(f.tmp.c_str());
-  }
-  template <class E>
-  void npy(const std::string& path, const xt::xexpression<E>& e) {
-    add(path, xt::dump_npy(e));
-  }
-  void text(const std::string& path, const std::string& s) { add(path, s); }
-  void commit() {
-    for (const auto& f : files_)
-      if (std::rename(f.tmp.c_str(), f.path.c_str()) != 0)
-        throw data_error("cannot rename " + f.tmp + " to " + f.path);
-    files_.clear();
-  }
-
- private:
-  struct file {
-    std::string path, tmp;
-  };
-  void add(const std::string& path, const std::string& bytes) {
-    for (const auto& f : files_)
-      if (f.path == path) throw usage_error("two outputs are named " + path);
-    const std::string tmp = path + ".tmp-" + std::to_string(::getpid());
-    files_.push_back({path, tmp});
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) throw data_error("cannot create " + tmp + " (does the directory exist?)");
-    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-    out.flush();
-    if (!out) throw data_error("cannot write " + tmp + " (disk full?)");
-  }
-  std::vector<file> files_;
-};
-
-xt::xarray<float> load_float(const std::string& path) {
-  try {
-    return examples::load_npy_float(path);
-  } catch (const examples::npy_error& e) {
-    throw data_error(e.what());
-  }
-}
-
-std::string json_text(const json& j) { return j.dump(2) + "\n"; }
-
-// ---- shared quantizer options -------------------------------------------------------------
-
-struct grid_options {
-  int bits = 8;
-  bool is_unsigned = false;
-  bool narrow = false;
-  std::string scheme = "symmetric";
-  quant::grid grid() const { return {bits, !is_unsigned, narrow}; }
-  quant::scheme sch() const { return scheme == "symmetric" ? quant::scheme::symmetric : quant::scheme::asymmetric; }
-};
-
-void add_grid_options(CLI::App* c, grid_options& g) {
-  c->add_option("--bits,-b", g.bits, "bit width of the integer grid")->check(CLI::Range(2, 16))->capture_default_str();
-  c->add_flag("--unsigned", g.is_unsigned, "unsigned grid [0, 2^b - 1] (default: signed)");
-  c->add_flag("--narrow", g.narrow, "narrow range: drop the lowest grid value");
-  c->add_option("--scheme", g.scheme, "symmetric (zero point 0) or asymmetric")
-      ->check(CLI::IsMember({"symmetric", "asymmetric"}))
-      ->capture_default_str();
-}
-
-struct param_source {
-  std::optional<std::ptrdiff_t> axis;
-  std::size_t group = 0;
-  std::string scale, zero_point;  // a number or a .npy file
-  std::string observer;           // minmax | mse
-  std::string params_json;        // from `quant calibrate` / `quant quantize --encodings`
-  std::string rounding = "half_to_even";
-  std::uint64_t seed = 0;
-};
-
-void add_param_options(CLI::App* c, param_source& p) {
-  c->add_option("--axis", p.axis, "per-channel (or per-group) axis; negative counts from the end");
-  c->add_option("--group", p.group, "per-group: blocks of this many consecutive elements along --axis")
-      ->check(CLI::PositiveNumber);
-  c->add_option("--scale", p.scale, "explicit scale: a number, or a .npy file with one scale per channel/group");
-  c->add_option("--zero-point", p.zero_point, "explicit zero point(s): a number or a .npy file (default 0)");
-  c->add_option("--observer", p.observer, "derive the parameters from the data: minmax or mse")
-      ->check(CLI::IsMember({"minmax", "mse"}));
-  c->add_option("--params", p.params_json, "parameters from a JSON file written by `quant calibrate`");
-  c->add_option("--rounding", p.rounding,
-                "half_to_even, half_away_from_zero, half_up, floor, ceil, toward_zero or stochastic")
-      ->check(CLI::IsMember({"half_to_even", "half_away_from_zero", "half_up", "floor", "ceil", "toward_zero",
-                             "stochastic"}))
-      ->capture_default_str();
-  c->add_option("--seed", p.seed, "seed of stochastic rounding")->capture_default_str();
-}
-
-bool parse_number(const std::string& s, double& v) {
-  char* end = nullptr;
-  v = std::strtod(s.c_str(), &end);
-  return !s.empty() && end && *end == '\0';
-}
-
-std::vector<float> numbers_or_npy(const std::string& arg, const char* what) {
-  double v = 0.0;
-  if (parse_number(arg, v)) return {static_cast<float>(v)};
-  struct stat st {};
-  if (::stat(arg.c_str(), &st) != 0)
-    throw usage_error(std::string(what) + " '" + arg + "' is neither a number nor an existing .npy file");
-  const xt::xarray<float> a = load_float(arg);
-  return std::vector<float>(a.begin(), a.end());
-}
-
-std::vector<std::int32_t> zero_points_from(const std::vector<float>& z, const char* what) {
-  std::vector<std::int32_t> out;
-  for (float v : z) {
-    if (!(std::isfinite(v) && v == std::floor(v) && std::fabs(v) < 2147483648.0f))
-      throw usage_error(std::string(what) + " must be integers (got " + std::to_string(v) + ")");
-    out.push_back(static_cast<std::int32_t>(v));
-  }
-  return out;
-}
-
-std::string granularity_name(quant::granularity g) {
-  switch (g) {
-    case quant::granularity::per_tensor: return "per_tensor";
-    case quant::granularity::per_channel: return "per_channel";
-    case quant::granularity::per_group: return "per_group";
-  }
-  return "?";
-}
-
-json qparams_json(const quant::qparams& p, quant::scheme s, const std::vector<std::size_t>& shape,
-                  const std::string& rounding) {
-  json j;
-  j["format"] = "quant-encodings";
-  j["version"] = 1;
-  j["bits"] = p.grid().bits;
-  j["signed"] = p.grid().is_signed;
-  j["narrow"] = p.grid().narrow;
-  j["qmin"] = p.qmin();
-  j["qmax"] = p.qmax();
-  j["scheme"] = s == quant::scheme::symmetric ? "symmetric" : "asymmetric";
-  j["granularity"] = granularity_name(p.granularity());
-  if (p.granularity() != quant::granularity::per_tensor) j["axis"] = p.axis();
-  if (p.granularity() == quant::granularity::per_group) j["group_size"] = p.group_size();
-  j["rounding"] = rounding;
-  j["shape"] = shape;
-  j["scales"] = p.scales();
-  j["zero_points"] = p.zero_points();
-  return j;
-}
-
-quant::qparams qparams_from_json(const std::string& path) {
-  std::ifstream f(path);
-  if (!f) throw data_error(path + ": cannot open");
-  json j;
-  try {
-    f >> j;
-    const quant::grid g{j.at("bits").get<int>(), j.at("signed").get<bool>(), j.value("narrow", false)};
-    const auto s = j.at("scales").get<std::vector<float>>();
-    const auto z = j.at("zero_points").get<std::vector<std::int32_t>>();
-    const std::string gran = j.at("granularity").get<std::string>();
-    if (gran == "per_tensor") {
-      if (s.size() != 1 || z.size() != 1) throw data_error(path + ": per_tensor needs one scale and one zero point");
-      return quant::qparams::per_tensor(g, s[0], z[0]);
-    }
-    if (gran == "per_channel") return quant::qparams::per_channel(g, s, z, j.at("axis").get<std::ptrdiff_t>());
-    if (gran == "per_group")
-      return quant::qparams::per_group(g, s, z, j.at("axis").get<std::ptrdiff_t>(), j.at("group_size").get<std::size_t>());
-    throw data_error(path + ": unknown granularity '" + gran + "'");
-  } catch (const json::exception& e) {
-    throw data_error(path + ": not a quant encodings file (" + e.what() + ")");
-  } catch (const quant::error& e) {
-    throw data_error(path + ": " + e.what());
-  }
-}
-
-// Per-group observer: only along the last axis, where the groups of a row-major tensor are
-// the rows of an [n / g, g] view.
-quant::qparams observe_groups(const xt::xarray<float>& x, const grid_options& go, const param_source& ps,
-                              std::size_t axis) {
-  if (axis + 1 != x.dimension())
-    throw usage_error("--observer with --group needs the last axis (--axis -1)");
-  if (x.shape()[axis] % ps.group != 0)
-    throw data_error("--group " + std::to_string(ps.group) + " does not divide axis " + std::to_string(axis) +
-                     " of size " + std::to_string(x.shape()[axis]));
-  const std::size_t rows = x.size() / ps.group;
-  auto view = xt::adapt(x.data(), x.size(), xt::no_ownership(), std::vector<std::size_t>{rows, ps.group});
-  xt::xtensor<float, 2> blocks = view;
-  const quant::qparams per_row = ps.observer == "mse" ? quant::calibrate_mse(blocks, go.grid(), go.sch(), 0)
-                                                      : quant::calibrate_minmax(blocks, go.grid(), go.sch(), 0);
-  return quant::qparams::per_group(go.grid(), per_row.scales(), per_row.zero_points(), *ps.axis, ps.group);
-}
-
-// The qparams of fake-quant / quantize from exactly one source.
-quant::qparams resolve_params(const xt::xarray<float>& x, const grid_options& go, const param_source& ps) {
-  const int sources = !ps.scale.empty() + !ps.observer.empty() + !ps.params_json.empty();
-  if (sources != 1) throw usage_error("give exactly one of --scale, --observer, --params");
-  if (!ps.zero_point.empty() && ps.scale.empty()) throw usage_error("--zero-point goes with --scale");
-  if (ps.group && !ps.axis) throw usage_error("--group needs --axis (e.g. --axis -1)");
-  if (!ps.params_json.empty()) return qparams_from_json(ps.params_json);
-  std::size_t axis = 0;
-  if (ps.axis) {
-    if (x.dimension() == 0) throw data_error("--axis given but the input is a scalar");
-    const auto nd = static_cast<std::ptrdiff_t>(x.dimension());
-    if (*ps.axis < -nd || *ps.axis >= nd)
-      throw usage_error("--axis " + std::to_string(*ps.axis) + " is out of range for an array of " +
-                        std::to_string(nd) + " dimensions");
-    axis = static_cast<std::size_t>(*ps.axis < 0 ? *ps.axis + nd : *ps.axis);
-  }
-  if (!ps.observer.empty()) {
-    if (ps.group) return observe_groups(x, go, ps, axis);
-    if (ps.observer == "mse") return quant::calibrate_mse(x, go.grid(), go.sch(), ps.axis);
-    return quant::calibrate_minmax(x, go.grid(), go.sch(), ps.axis);
-  }
-  const std::vector<float> s = numbers_or_npy(ps.scale, "--scale");
-  std::vector<std::int32_t> z(s.size(), 0);
-  if (!ps.zero_point.empty()) {
-    z = zero_points_from(numbers_or_npy(ps.zero_point, "--zero-point"), "--zero-point");
-    if (z.size() == 1 && s.size() > 1) z.assign(s.size(), z[0]);
-  }
-  if (go.sch() == quant::scheme::symmetric)
-    for (auto v : z)
-      if (v != 0) throw usage_error("--scheme symmetric needs zero points of 0 (use --scheme asymmetric)");
-  if (ps.group) return quant::qparams::per_group(go.grid(), s, z, *ps.axis, ps.group);
-  if (ps.axis) return quant::qparams::per_channel(go.grid(), s, z, *ps.axis);
-  if (s.size() != 1 || z.size() != 1) throw usage_error("per-tensor quantization takes one scale and one zero point");
-  return quant::qparams::per_tensor(go.grid(), s[0], z[0]);
-}
-
-// Runs f(Round{...}) with the rounding policy named on the command line.
-template <class F>
-auto with_rounding(const param_source& ps, F&& f) {
-  if (ps.rounding == "half_away_from_zero") return f(quant::round_half_away_from_zero{});
-  if (ps.rounding == "half_up") return f(quant::round_half_up{});
-  if (ps.rounding == "floor") return f(quant::round_floor{});
-  if (ps.rounding == "ceil") return f(quant::round_ceil{});
-  if (ps.rounding == "toward_zero") return f(quant::round_toward_zero{});
-  if (ps.rounding == "stochastic") return f(quant::round_stochastic{ps.seed});
-  return f(quant::round_half_to_even{});
-}
-
-std::vector<std::size_t> shape_of(const xt::xarray<float>& x) { return {x.shape().begin(), x.shape().end()}; }
-
-xt::xarray<float> to_array(const std::vector<float>& v) {
-  return xt::adapt(v, std::vector<std::size_t>{v.size()});
-}
-xt::xarray<std::int32_t> to_array(const std::vector<std::int32_t>& v) {
-  return xt::adapt(v, std::vector<std::size_t>{v.size()});
-}
+using namespace quant_cli;
 
 // ---- subcommands -----------------------------------------------------------------------------
 
@@ -834,6 +577,11 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"npy", "bin"}))
       ->capture_default_str();
 
+  // Subcommands written as quant_cli::command classes (one header each): register them here.
+  std::vector<std::unique_ptr<quant_cli::command>> commands;
+  std::vector<CLI::App*> command_apps;
+  for (auto& c : commands) command_apps.push_back(c->add_to(app));
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -855,6 +603,8 @@ int main(int argc, char** argv) {
     if (ar_app->parsed()) return run_adaround(ar);
     if (ku_app->parsed()) return run_kurtosis(ku);
     if (pq_app->parsed()) return run_pq(pq);
+    for (std::size_t i = 0; i < commands.size(); ++i)
+      if (command_apps[i]->parsed()) return commands[i]->run();
   } catch (const usage_error& e) {
     std::fprintf(stderr, "quant: %s\nRun with --help for more information.\n", e.what());
     return 2;
