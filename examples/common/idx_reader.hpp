@@ -6,13 +6,20 @@
 // labels as 0x00000801 [n]. zlib's gzread reads both gzip and plain files, so a file
 // unpacked by hand works too.
 //
-// Every failure throws std::runtime_error naming the file and what is wrong with it:
-// missing, not gzip / corrupt stream, bad magic, implausible sizes, truncated data,
-// trailing bytes, labels out of range.
+// Every failure throws examples::idx_error (a std::runtime_error) naming the file and what is
+// wrong with it: missing, not gzip / corrupt stream, bad magic, implausible sizes, truncated
+// data, trailing bytes, labels out of range.
+//
+// The sizes in the header are not trusted before the data is seen: an uncompressed file must
+// be exactly as long as its header says (checked against the file size before anything is
+// allocated), and the payload is read in chunks into a buffer that grows with the data that
+// actually arrives (at most 2x the bytes read so far), so a gzip file whose header claims
+// gigabytes it does not hold fails with "truncated" after allocating about what it holds.
 #pragma once
 
 #include <zlib.h>
 
+#include <algorithm>
 #include <array>
 #include <cstddef>
 #include <cstdint>
@@ -34,10 +41,14 @@ struct idx_labels {
   std::vector<std::uint8_t> labels;
 };
 
+struct idx_error : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
 namespace detail {
 
 [[noreturn]] inline void idx_fail(const std::string& path, const std::string& what) {
-  throw std::runtime_error("IDX file " + path + ": " + what);
+  throw idx_error("IDX file " + path + ": " + what);
 }
 
 class gz_reader {
@@ -46,6 +57,7 @@ class gz_reader {
     struct stat st {};
     if (::stat(path.c_str(), &st) != 0) idx_fail(path, "cannot open (missing file?)");
     if (!S_ISREG(st.st_mode)) idx_fail(path, "not a regular file");
+    file_size_ = static_cast<std::uint64_t>(st.st_size);
     file_ = gzopen(path.c_str(), "rb");
     if (!file_) idx_fail(path, "cannot open");
     gzbuffer(file_, 1 << 17);
@@ -57,8 +69,10 @@ class gz_reader {
   gz_reader& operator=(const gz_reader&) = delete;
 
   // Reads exactly n bytes or throws (what = the part of the file being read).
-  void read_exact(void* dst, std::size_t n, const char* what) {
+  // (already, total: bytes of the same item read before, and its full size, for the message)
+  void read_exact(void* dst, std::size_t n, const char* what, std::size_t already = 0, std::size_t total = 0) {
     auto* p = static_cast<unsigned char*>(dst);
+    if (total == 0) total = n;
     std::size_t done = 0;
     while (done < n) {
       const unsigned chunk = static_cast<unsigned>(std::min<std::size_t>(n - done, 1u << 30));
@@ -66,10 +80,35 @@ class gz_reader {
       if (got < 0) stream_error();
       if (got == 0) {
         check_stream();
-        idx_fail(path_, std::string("truncated while reading ") + what + ": expected " + std::to_string(n) +
-                            " bytes, got " + std::to_string(done));
+        idx_fail(path_, std::string("truncated while reading ") + what + ": expected " + std::to_string(total) +
+                            " bytes, got " + std::to_string(already + done));
       }
       done += static_cast<std::size_t>(got);
+    }
+  }
+
+  // Reads exactly n bytes into `out` (resized to n) or throws. The buffer grows with the data
+  // read, in chunks of at most max(1 MiB, bytes read so far), so a header that lies about n
+  // costs no more memory than the data that is really there. A plain (uncompressed) file
+  // whose remaining length is not n fails before any allocation.
+  void read_payload(std::vector<std::uint8_t>& out, std::size_t n, const char* what) {
+    if (gzdirect(file_)) {
+      const z_off_t pos = gztell(file_);
+      const std::uint64_t left = pos >= 0 && static_cast<std::uint64_t>(pos) <= file_size_
+                                     ? file_size_ - static_cast<std::uint64_t>(pos)
+                                     : 0;
+      if (left != n)
+        idx_fail(path_, std::string("the header's sizes call for ") + std::to_string(n) + " bytes of " +
+                            what + " but the file holds " + std::to_string(left) +
+                            (left < n ? " (truncated file or wrong header)" : " (trailing data or wrong header)"));
+    }
+    out.clear();
+    std::size_t done = 0;
+    while (done < n) {
+      const std::size_t chunk = std::min(n - done, std::max<std::size_t>(std::size_t(1) << 20, done));
+      out.resize(done + chunk);
+      read_exact(out.data() + done, chunk, what, done, n);
+      done += chunk;
     }
   }
 
@@ -103,6 +142,7 @@ class gz_reader {
   }
 
   std::string path_;
+  std::uint64_t file_size_ = 0;
   gzFile file_ = nullptr;
 };
 
@@ -126,8 +166,7 @@ inline idx_images read_idx_images(const std::string& path) {
     detail::idx_fail(path, "implausible image size " + std::to_string(img.rows) + "x" + std::to_string(img.cols));
   if (img.count == 0 || img.count > (std::size_t(1) << 26))
     detail::idx_fail(path, "implausible image count " + std::to_string(img.count));
-  img.pixels.resize(img.count * img.rows * img.cols);
-  in.read_exact(img.pixels.data(), img.pixels.size(), "the pixel data");
+  in.read_payload(img.pixels, img.count * img.rows * img.cols, "the pixel data");
   in.expect_end();
   return img;
 }
@@ -145,8 +184,7 @@ inline idx_labels read_idx_labels(const std::string& path, unsigned num_classes 
   const std::size_t count = in.read_be32("the label count");
   if (count == 0 || count > (std::size_t(1) << 26)) detail::idx_fail(path, "implausible label count " + std::to_string(count));
   idx_labels lab;
-  lab.labels.resize(count);
-  in.read_exact(lab.labels.data(), count, "the labels");
+  in.read_payload(lab.labels, count, "the labels");
   in.expect_end();
   for (std::size_t i = 0; i < count; ++i)
     if (lab.labels[i] >= num_classes)

@@ -1,16 +1,41 @@
 // The IDX reader on files written here: a good gzip file and a plain one round-trip; a
 // missing file, a bad magic, a truncated payload, a corrupt gzip stream, trailing bytes and
-// out-of-range labels each give a clear error naming the file.
+// out-of-range labels each give a clear error naming the file. A header that claims more data
+// than the file holds fails with the reader's error before any large allocation (the test
+// replaces the global operator new to record the largest single request).
 #include <sys/stat.h>
 #include <zlib.h>
 
+#include <atomic>
 #include <catch2/catch.hpp>
 #include <cstdio>
+#include <cstdlib>
+#include <new>
 #include <fstream>
 #include <string>
 #include <vector>
 
 #include "../common/idx_reader.hpp"
+
+namespace {
+std::atomic<std::size_t> largest_allocation{0};
+}
+
+// The replacement pair below is malloc/free on both sides; GCC cannot see that through the
+// inlined new/delete expressions and would warn about a mismatch.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
+#endif
+
+void* operator new(std::size_t n) {
+  std::size_t seen = largest_allocation.load();
+  while (n > seen && !largest_allocation.compare_exchange_weak(seen, n)) {
+  }
+  if (void* p = std::malloc(n ? n : 1)) return p;
+  throw std::bad_alloc();
+}
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t) noexcept { std::free(p); }
 
 namespace {
 
@@ -114,4 +139,67 @@ TEST_CASE("IDX errors name the file and the problem") {
 
 TEST_CASE("load_fashion_mnist explains a missing directory") {
   CHECK_THAT(error_of([] { examples::load_fashion_mnist(dir + "/nowhere"); }), Catch::Contains("--data DIR"));
+}
+
+TEST_CASE("A header claiming more data than the file holds fails before allocating it") {
+  using Catch::Contains;
+  // 19 bytes found by fuzzing: magic 0x803, then 131072 x 41 x 3856 images (20.7 GB of
+  // pixels), then 3 bytes of data. Before the fix the reader allocated and zeroed the 20.7 GB.
+  const std::vector<unsigned char> lying = {0x00, 0x00, 0x08, 0x03, 0x00, 0x02, 0x00, 0x00, 0x00, 0x00,
+                                            0x00, 0x29, 0x00, 0x00, 0x0f, 0x10, 0x0e, 0xee, 0x11};
+  const std::size_t claimed = std::size_t(131072) * 41 * 3856;
+  SECTION("uncompressed: rejected from the file size, before any pixel buffer exists") {
+    const std::string p = write_raw("lying.raw", lying);
+    largest_allocation = 0;
+    std::string msg;
+    try {
+      examples::read_idx_images(p);
+    } catch (const examples::idx_error& e) {
+      msg = e.what();
+    }
+    CHECK_THAT(msg, Contains(std::to_string(claimed) + " bytes of the pixel data but the file holds 3"));
+    CHECK_THAT(msg, Contains("truncated"));
+    CHECK(largest_allocation.load() < (std::size_t(1) << 20));
+  }
+  SECTION("gzip: read in growing chunks, fails as truncated after at most a MiB") {
+    const std::string p = write_gz("lying.gz", lying);
+    largest_allocation = 0;
+    std::string msg;
+    try {
+      examples::read_idx_images(p);
+    } catch (const examples::idx_error& e) {
+      msg = e.what();
+    }
+    CHECK_THAT(msg, Contains("truncated while reading the pixel data: expected " + std::to_string(claimed) +
+                             " bytes, got 3"));
+    CHECK(largest_allocation.load() <= (std::size_t(1) << 20) + 4096);
+  }
+  SECTION("labels: a count of 2^26 with 2 bytes of labels, plain and gzip") {
+    std::vector<unsigned char> b = be32(0x801);
+    auto n = be32(1u << 26);
+    b.insert(b.end(), n.begin(), n.end());
+    b.push_back(1);
+    b.push_back(2);
+    for (const std::string& p : {write_raw("lying_lab.raw", b), write_gz("lying_lab.gz", b)}) {
+      largest_allocation = 0;
+      CHECK_THROWS_AS(examples::read_idx_labels(p), examples::idx_error);
+      CHECK(largest_allocation.load() <= (std::size_t(1) << 20) + 4096);
+    }
+  }
+  SECTION("a payload larger than one chunk still reads back exactly (gzip and plain)") {
+    // 3 x 1000 x 1000 = 3 MB: crosses the 1 MiB first chunk and one doubling.
+    const auto bytes = image_file(0x803, 3, 1000, 1000, 3000000);
+    for (const std::string& p : {write_gz("big.gz", bytes), write_raw("big.raw", bytes)}) {
+      const auto img = examples::read_idx_images(p);
+      REQUIRE(img.pixels.size() == 3000000);
+      bool same = true;
+      for (std::size_t i = 0; i < img.pixels.size(); ++i) same = same && img.pixels[i] == static_cast<unsigned char>(i * 7);
+      CHECK(same);
+    }
+    const auto cut = image_file(0x803, 3, 1000, 1000, 2999999);
+    CHECK_THAT(error_of([&] { examples::read_idx_images(write_gz("big_cut.gz", cut)); }),
+               Contains("expected 3000000 bytes, got 2999999"));
+    CHECK_THAT(error_of([&] { examples::read_idx_images(write_raw("big_cut.raw", cut)); }),
+               Contains("but the file holds 2999999"));
+  }
 }
