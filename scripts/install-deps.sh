@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Installs whatever of quant's Debian 12 dependencies is missing (as root, or through sudo).
 # Library: libxtensor-dev libxtensor-blas-dev libxsimd-dev libopenblas-dev.
-# Tests/benchmarks: catch2 libbenchmark-dev. Examples and the CLI: nlohmann-json3-dev
+# Tests/benchmarks: catch2 libbenchmark-dev libgemmlowp-dev (test-only reference). Examples and the CLI: nlohmann-json3-dev
 # libcli11-dev zlib1g-dev dataset-fashion-mnist. Toolchain: g++ cmake make.
 set -euo pipefail
 packages=(g++ make cmake pkg-config libxtensor-dev libxtensor-blas-dev libxsimd-dev libopenblas-dev catch2
-          libbenchmark-dev nlohmann-json3-dev libcli11-dev zlib1g-dev dataset-fashion-mnist)
+          libbenchmark-dev nlohmann-json3-dev libcli11-dev zlib1g-dev dataset-fashion-mnist libgemmlowp-dev)
 missing=()
 for p in "${packages[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
