@@ -345,7 +345,7 @@ TEST_CASE("LSQ reductions are identical for 1 and 2 threads", "[lsq]") {
   }
 }
 
-TEST_CASE("LSQ initialisations follow ALGORITHMS.md section 3", "[lsq][init]") {
+TEST_CASE("LSQ initialisations follow docs/qat.md", "[lsq][init]") {
   xt::xarray<float> x = {1.0f, -1.0f, 2.0f, -2.0f};
   // LSQ: 2 * mean|x| / sqrt(qmax) = 3 / sqrt(127)
   CHECK(lsq_init_scale(x, grid::int_signed(8))[0] == static_cast<float>(3.0 / std::sqrt(127.0)));

@@ -37,7 +37,7 @@ void check_eager_per_tensor(rounding_mode mode, const Round& r = {}) {
 
 }  // namespace
 
-TEST_CASE("grid bounds follow ALGORITHMS.md section 1", "[qparams]") {
+TEST_CASE("grid bounds follow docs/numerics.md", "[qparams]") {
   CHECK(grid::int_signed(8).qmin() == -128);
   CHECK(grid::int_signed(8).qmax() == 127);
   CHECK(grid::int_signed(8, true).qmin() == -127);

@@ -169,7 +169,7 @@ inline std::function<void(const quant::adaround_progress&)> printer(const std::s
 }
 
 // Rows of X per optimisation mini-batch: 32 samples, i.e. 32 images' worth of im2col rows
-// for a convolution (ALGORITHMS.md §4).
+// for a convolution (docs/adaround.md).
 inline std::size_t batch_rows(const layer_spec& s) { return 32 * s.rows_per_sample(); }
 
 // ---- methods ------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 // quant/adaround.hpp — AdaRound: learn, per weight, whether to round up or down so that the
 // layer *output* is reconstructed (Nagel et al. 2020, "Up or Down? Adaptive Rounding for
-// Post-Training Quantization"; ALGORITHMS.md §4).
+// Post-Training Quantization"; docs/adaround.md).
 //
 //   rectified sigmoid  h(V) = clamp(sigmoid(V) (zeta - gamma) + gamma, 0, 1),  zeta = 1.1, gamma = -0.1
 //                      (paper eq. 23)
@@ -729,7 +729,7 @@ struct adaround_progress {
   bool warmup = false;          // true while the regularizer is off
 };
 
-// Options of adaround_layer (defaults: ALGORITHMS.md §4).
+// Options of adaround_layer (defaults: docs/adaround.md).
 struct adaround_options {
   std::size_t iterations = 10000;
   std::size_t batch_size = 32;  // rows of X per iteration (conv: 32 images = 32 * OH * OW im2col rows)

@@ -1,5 +1,5 @@
 // quant/export.hpp — integer export: the grid values q of a tensor together with the
-// scales and zero points that give them meaning (x_hat = (q - z) * s, ALGORITHMS.md §1),
+// scales and zero points that give them meaning (x_hat = (q - z) * s, docs/numerics.md),
 // as an inference engine consumes them.
 //
 //   quantized_tensor<Int>  int8 / uint8 (or int16 / int32) values + qparams

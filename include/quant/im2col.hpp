@@ -1,6 +1,6 @@
 // quant/im2col.hpp — NCHW convolution as a matrix product, for AdaRound and block
-// reconstruction of conv layers (ALGORITHMS.md §4: "W is [out, in*kh*kw], x is the
-// im2col matrix; the algorithm is unchanged").
+// reconstruction of conv layers (docs/adaround.md: W is [out, in*kh*kw], x is the
+// im2col matrix; the algorithm is unchanged).
 //
 // Layout: one row per output position, one column per weight of a filter:
 //   cols[(n * OH + oy) * OW + ox, (c * KH + ky) * KW + kx] = x[n, c, oy*sh - ph + ky*dh, ox*sw - pw + kx*dw]

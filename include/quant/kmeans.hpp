@@ -1,5 +1,5 @@
 // quant/kmeans.hpp — k-means (Lloyd) for product-quantization codebooks
-// (ALGORITHMS.md §8; Lloyd 1982, Arthur & Vassilvitskii 2007 for k-means++,
+// (docs/pq.md; Lloyd 1982, Arthur & Vassilvitskii 2007 for k-means++,
 // Jegou et al. 2011 and Stock et al. 2020 for the PQ / iPQ use).
 //
 //   init      random_sample: k distinct points drawn uniformly (seeded);

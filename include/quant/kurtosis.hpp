@@ -1,5 +1,5 @@
 // quant/kurtosis.hpp — kurtosis of weight tensors and the KURE regularizer
-// (ALGORITHMS.md §6; Shkolnik et al. 2020, "Robust Quantization: One Model to Rule Them
+// (docs/qat.md; Shkolnik et al. 2020, "Robust Quantization: One Model to Rule Them
 // All", eq. 3-4).
 //
 //   kurtosis   K = mean(((w - mu) / sigma)^4) = m4 / m2^2,  m_k = mean((w - mu)^k)

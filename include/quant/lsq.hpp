@@ -1,7 +1,7 @@
 // quant/lsq.hpp — learned step size quantization: LSQ (Esser et al. 2020, "Learned Step
 // Size Quantization", eq. 1-4) and LSQ+ (Bhalgat et al. 2020, "LSQ+: Improving low-bit
 // quantization through learnable offsets and better initialization", eq. 2-6).
-// ALGORITHMS.md §3.
+// Formulas, defaults and the PyTorch mode in detail: docs/qat.md.
 //
 // Forward (paper convention, lsq_convention::paper):
 //     u     = (x - beta) * inv_s                 inv_s = 1/s in float, as every quantizer here
@@ -597,7 +597,7 @@ lsq_forward_backward_result lsq_forward_backward(const xt::xexpression<E>& x, co
 }  // namespace eager
 
 // ====================================================================================
-// Initialisation and the scale floor (ALGORITHMS.md §3)
+// Initialisation and the scale floor (docs/qat.md)
 // ====================================================================================
 
 // s = max(s, eps) for every scale (and the offsets are left alone). Call after each

@@ -1,4 +1,4 @@
-// quant/observers.hpp — range setting (ALGORITHMS.md §2): every observer and the
+// quant/observers.hpp — range setting (docs/observers.md): every observer and the
 // one-shot calibrate_* functions. Each observer streams (update), merges, saves/loads a
 // small versioned text format, and turns its statistics into validated qparams with
 // compute(grid, scheme, symmetric_scale_convention).

@@ -49,7 +49,7 @@ namespace quant {
 
 // ---- Adam ---------------------------------------------------------------------------
 struct adam_options {
-  float learning_rate = 1e-3f;  // ALGORITHMS.md §4 (AdaRound V); §5 uses 4e-5 for step sizes
+  float learning_rate = 1e-3f;  // AdaRound's V (docs/adaround.md); BRECQ uses 4e-5 for step sizes
   float beta1 = 0.9f;
   float beta2 = 0.999f;
   float epsilon = 1e-8f;

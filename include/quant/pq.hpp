@@ -1,5 +1,5 @@
 // quant/pq.hpp — product quantization of weight matrices and iPQ fine-tuning
-// (ALGORITHMS.md §8; Jegou et al. 2011, Stock et al. 2020 "And the Bit Goes Down",
+// (docs/pq.md; Jegou et al. 2011, Stock et al. 2020 "And the Bit Goes Down",
 // Fan et al. 2020 §5).
 //
 //   subvectors  W [out, in] (conv [out, in, kh, kw] flattened to [out, in*kh*kw]) is cut

@@ -1,5 +1,5 @@
 // quant/qparams.hpp — the integer grid and the scale / zero point that map reals onto it
-// (ALGORITHMS.md §1, Jacob 2018).
+// (docs/numerics.md; Jacob et al. 2018).
 //
 //   grid:     bits b in 2..16; signed [-2^(b-1), 2^(b-1)-1] or unsigned [0, 2^b-1];
 //             narrow range drops the lowest value (signed: [-(2^(b-1)-1), 2^(b-1)-1]).
@@ -7,7 +7,7 @@
 //             of g consecutive elements along an axis. Scales are finite and > 0; zero
 //             points are integers on the grid. Everything is validated on construction,
 //             so kernels never check again.
-//   from a range: qparams_from_range turns [min, max] into (s, z) with PyTorch's
+//   from a range: scale_from_range turns [min, max] into (s, z) with PyTorch's
 //             `_calculate_qparams` arithmetic (float32), the range widened to contain 0,
 //             scale floored at FLT_EPSILON; the symmetric-scale convention is selectable.
 #pragma once
@@ -56,7 +56,7 @@ struct grid {
 enum class granularity { per_tensor, per_channel, per_group };
 enum class scheme { symmetric, asymmetric };
 
-// How a symmetric scale is derived from absmax (toolkits differ, ALGORITHMS.md §1).
+// How a symmetric scale is derived from absmax (toolkits differ, docs/numerics.md).
 enum class symmetric_scale_convention {
   pytorch,          // absmax / ((qmax - qmin) / 2)
   aimet,            // absmax / floor((2^b - 1) / 2)

@@ -1,5 +1,5 @@
 // quant/quant_noise.hpp — Quant-Noise: quantize a random subset of weight blocks during
-// training (ALGORITHMS.md §7; Fan et al. 2020, "Training with Quantization Noise for
+// training (docs/qat.md; Fan et al. 2020, "Training with Quantization Noise for
 // Extreme Model Compression", §4 and eq. 5-6).
 //
 //   blocks     W is cut into blocks b_kl of consecutive elements of one output row:

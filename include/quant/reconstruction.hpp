@@ -1,4 +1,4 @@
-// quant/reconstruction.hpp — BRECQ block reconstruction with QDrop (ALGORITHMS.md §5;
+// quant/reconstruction.hpp — BRECQ block reconstruction with QDrop (docs/adaround.md;
 // Li et al. 2021, "BRECQ: Pushing the Limit of Post-Training Quantization by Block
 // Reconstruction"; Wei et al. 2022, "QDrop: Randomly Dropping Quantization for Extremely
 // Low-bit Post-Training Quantization").

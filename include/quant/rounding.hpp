@@ -1,4 +1,4 @@
-// quant/rounding.hpp — rounding policies (ALGORITHMS.md §1).
+// quant/rounding.hpp — rounding policies (docs/numerics.md).
 //
 // Each policy is a stateless type with one body, `apply(x)`, written once for scalars and
 // xsimd batches. All of them are exact and independent of the floating-point environment:

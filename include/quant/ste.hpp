@@ -1,5 +1,5 @@
 // quant/ste.hpp — straight-through gradients of uniform fake-quantization
-// (ALGORITHMS.md §1; Bengio et al. 2013, "Estimating or propagating gradients through
+// (docs/numerics.md; Bengio et al. 2013, "Estimating or propagating gradients through
 // stochastic neurons", and the clipped variant used by every QAT toolkit).
 //
 // Forward (uniform.hpp): y = (clamp(round(x * inv_s) + z, qmin, qmax) - z) * s.

@@ -1,5 +1,5 @@
 // quant/uniform.hpp — uniform affine quantize, dequantize and fake-quantize
-// (ALGORITHMS.md §1; Jacob et al. 2018, Nagel et al. 2021).
+// (docs/numerics.md; Jacob et al. 2018, Nagel et al. 2021).
 //
 //   quantize:      q     = clamp(round(x * inv_s) + z, qmin, qmax),  inv_s = 1/s in float
 //   dequantize:    x_hat = (q - z) * s

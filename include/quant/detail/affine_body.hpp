@@ -1,6 +1,6 @@
 // quant/detail/affine_body.hpp — the affine map written once for scalars and batches.
 //
-// PyTorch convention (default, ALGORITHMS.md §1): q = clamp(round(x * inv_s) + z, qmin, qmax),
+// PyTorch convention (default, docs/numerics.md): q = clamp(round(x * inv_s) + z, qmin, qmax),
 // x_hat = (q - z) * s. Multiplying by the float reciprocal (never dividing) and adding the
 // integer z after rounding is what makes outputs bit-identical to
 // torch.fake_quantize_per_tensor_affine: there q - z is an integer below 2^17 and s a float,
@@ -75,7 +75,7 @@ struct plain_rounder {
 };
 
 // Element-indexed rounding: deterministic policies ignore the index; stochastic ones
-// draw u(seed, index) (counter-based, ALGORITHMS.md §1).
+// draw u(seed, index) (counter-based, docs/numerics.md).
 template <class Arch, class Round>
 struct indexed_rounder {
   const Round& policy;

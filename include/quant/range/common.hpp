@@ -7,7 +7,7 @@
 //
 // Min/max. One fused pass computes min, max and a non-finite flag (sum of x * 0, which is
 // NaN as soon as one x is NaN or +-inf): observers reject NaN/inf because one of them
-// would poison the range (ALGORITHMS.md §1). Min/max are exact, so any split across
+// would poison the range (docs/numerics.md). Min/max are exact, so any split across
 // threads gives the same answer; -0 is normalised to +0 so that saved state does not
 // depend on the order in which the two zeros were met.
 #pragma once

@@ -1,5 +1,5 @@
 // quant/range/histogram.hpp — histogram observers: PyTorch's HistogramObserver (L2
-// search) and AIMET's "tf_enhanced" SQNR search (ALGORITHMS.md §2).
+// search) and AIMET's "tf_enhanced" SQNR search (docs/observers.md).
 //
 // The histogram (shared by both). `bins` (2048) counters on a power-of-two lattice: bin k
 // covers [k w, (k+1) w) with w = 2^e, e the smallest exponent for which the observed

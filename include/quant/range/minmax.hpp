@@ -1,5 +1,5 @@
 // quant/range/minmax.hpp — min-max and moving-average min-max observers
-// (ALGORITHMS.md §2; Jacob et al. 2018 §3; PyTorch MinMaxObserver /
+// (docs/observers.md; Jacob et al. 2018 §3; PyTorch MinMaxObserver /
 // MovingAverageMinMaxObserver).
 //
 //   min-max:         [m, M] = [min x, max x] over everything observed.

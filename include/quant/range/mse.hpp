@@ -1,4 +1,4 @@
-// quant/range/mse.hpp — MSE / Lp range search (ALGORITHMS.md §2; Banner et al. 2019,
+// quant/range/mse.hpp — MSE / Lp range search (docs/observers.md; Banner et al. 2019,
 // Nagel et al. 2021 white paper §3.4, Nahshan et al. 2021 "LAPQ" for p = 2.4).
 //
 //   choose the clipping range minimising  E(r) = sum_i |x_i - fq_r(x_i)|^p
@@ -46,7 +46,7 @@
 
 namespace quant {
 
-// Options of the Lp range search; defaults from ALGORITHMS.md §2.
+// Options of the Lp range search; defaults as in docs/observers.md.
 struct mse_options {
   float p = 2.0f;                          // the norm; 2.4 as in LAPQ / BRECQ
   std::size_t candidates = 100;            // grid alpha = k / candidates, k = 1..candidates

@@ -1,4 +1,4 @@
-// quant/range/percentile.hpp — percentile range setting (ALGORITHMS.md §2; McKinstry et
+// quant/range/percentile.hpp — percentile range setting (docs/observers.md; McKinstry et
 // al. 2019, Wu et al. 2020 "Integer quantization ... principles and empirical evaluation").
 //
 //   [lo, hi] = [P_(100 - p)(x), P_p(x)],  p in (50, 100], default 99.99

@@ -1,5 +1,5 @@
 // quant/reference/kmeans.hpp — quant::ref: one k-means E-step and M-step as plain loops
-// (ALGORITHMS.md §8), the yardstick for kmeans.hpp on small problems.
+// (docs/pq.md), the yardstick for kmeans.hpp on small problems.
 //
 // E-step: the score of centroid k is ||c_k||^2 (float, summed in order) followed by one
 // std::fma(x_j, -2 c_kj, s) per coordinate; the first smallest score wins. This is the

@@ -1,5 +1,5 @@
 // quant/reference/kurtosis.hpp — quant::ref: kurtosis, the KURE loss and its gradient
-// (ALGORITHMS.md §6) as plain two-pass double loops: the mean first, then the central
+// (docs/qat.md) as plain two-pass double loops: the mean first, then the central
 // moments. A different route from the one-pass shifted sums of kurtosis.hpp, so the
 // tests compare two independent computations.
 #pragma once

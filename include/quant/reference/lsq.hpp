@@ -1,4 +1,4 @@
-// quant/reference/lsq.hpp — quant::ref for LSQ / LSQ+ (ALGORITHMS.md §3): plain loops
+// quant/reference/lsq.hpp — quant::ref for LSQ / LSQ+ (docs/qat.md): plain loops
 // over flat row-major buffers, two of them.
 //
 //  * ref::lsq — the float arithmetic of the eager kernels, element by element (bit-exact
@@ -100,7 +100,7 @@ struct lsq_exact_result {
   std::vector<double> y, dx, dscale, doffset;  // doffset has one entry per scale, zeros for LSQ
 };
 
-// The formulas of ALGORITHMS.md §3 in double (true division, no float reciprocal).
+// The formulas of docs/qat.md in double (true division, no float reciprocal).
 // Paper: u = (x - beta) / s; PyTorch: xq = round(z_b + x / s), offsets as zero points
 // rounded as in lsq.hpp.
 inline lsq_exact_result lsq_exact(const std::vector<double>& x, const std::vector<double>& dy,

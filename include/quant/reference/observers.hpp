@@ -1,4 +1,4 @@
-// quant/reference/observers.hpp — quant::ref for range setting (ALGORITHMS.md §2): the
+// quant/reference/observers.hpp — quant::ref for range setting (docs/observers.md): the
 // statistics behind the observers as plain scalar loops in double, straight from the
 // formulas, for the tests to hold the fast paths to.
 #pragma once

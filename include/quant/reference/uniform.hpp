@@ -1,4 +1,4 @@
-// quant/reference/uniform.hpp — quant::ref: the affine formulas of ALGORITHMS.md §1 as
+// quant/reference/uniform.hpp — quant::ref: the affine formulas of docs/numerics.md as
 // plain scalar loops over flat row-major buffers. No SIMD, no plans, no threads: the
 // yardstick every fast path is tested against, bit for bit.
 //
