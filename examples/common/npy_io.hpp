@@ -16,6 +16,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cctype>
 #include <cstdint>
 #include <cstdio>
@@ -175,6 +176,10 @@ inline npy_info read_npy_info(const std::string& path) {
   while (!p.eat('}')) {
     const std::string key = p.quoted();
     p.expect(':', "after a key");
+    // xnpy reads the first occurrence of each key and the rest of the header after it, so a
+    // repeated key would make the two parsers see different shapes.
+    if ((key == "descr" && have_descr) || (key == "fortran_order" && have_fortran) || (key == "shape" && have_shape))
+      detail::npy_fail(path, "malformed .npy header: key '" + key + "' appears twice");
     if (key == "descr") {
       info.dtype = detail::parse_descr(p.quoted(), path);
       have_descr = true;
@@ -222,11 +227,13 @@ inline npy_info read_npy_info(const std::string& path) {
 
 namespace detail {
 template <class T>
-xt::xarray<float> load_npy_as_float(const std::string& path) {
+xt::xarray<float> load_npy_as_float(const std::string& path, const std::vector<std::size_t>& expected_shape) {
   // Validated above, so xnpy reads exactly what the header says. Dynamic layout: a
   // Fortran-order file becomes a column-major adaptor, and the assignment copies it into
   // a row-major array.
   auto a = xt::load_npy<T>(path);
+  if (!std::equal(a.shape().begin(), a.shape().end(), expected_shape.begin(), expected_shape.end()))
+    npy_fail(path, "xtensor's .npy reader and the header check disagree about the shape (malformed header)");
   xt::xarray<float> out = xt::cast<float>(a);
   return out;
 }
@@ -238,8 +245,8 @@ inline xt::xarray<float> load_npy_float(const std::string& path, npy_info* info_
   if (info_out) *info_out = info;
   try {
     switch (info.dtype) {
-      case npy_dtype::f4: return detail::load_npy_as_float<float>(path);
-      case npy_dtype::f8: return detail::load_npy_as_float<double>(path);
+      case npy_dtype::f4: return detail::load_npy_as_float<float>(path, info.shape);
+      case npy_dtype::f8: return detail::load_npy_as_float<double>(path, info.shape);
       default:
         detail::npy_fail(path, std::string("dtype ") + npy_descr(info.dtype) + " is not a float type (float32 or float64 expected)");
     }

@@ -706,3 +706,30 @@ TEST_CASE("pq: bad weights exit with 1, bad options with 2, and nothing is writt
   const int st = std::system(("ls " + out + " | grep -q '\\.tmp-'").c_str());
   CHECK((WIFEXITED(st) && WEXITSTATUS(st) != 0));
 }
+
+TEST_CASE("a .npy header with a repeated key is rejected (the two header parsers would disagree)") {
+  // Found by reading xtensor's reader beside ours: xnpy takes the first 'shape' and parses the
+  // rest of the header after it, ours took both tuples; the array came back with a shape
+  // (2, 0, 0) the header check never saw.
+  const std::vector<float> v = {1.0f, 2.0f};
+  std::string header = "{'descr': '<f4', 'fortran_order': False, 'shape': (2,), 'shape': (1,), }";
+  while ((10 + header.size() + 1) % 64 != 0) header += ' ';
+  header += '\n';
+  ::mkdir(TEST_TMP_DIR, 0755);
+  ::mkdir(dir.c_str(), 0755);
+  const std::string in = path("dup_key.npy"), o = path("dup_key_out.npy");
+  {
+    std::ofstream f(in, std::ios::binary | std::ios::trunc);
+    f.write("\x93NUMPY\x01\x00", 8);
+    f.put(static_cast<char>(header.size() & 0xff));
+    f.put(static_cast<char>(header.size() >> 8));
+    f.write(header.data(), static_cast<std::streamsize>(header.size()));
+    f.write(reinterpret_cast<const char*>(v.data()), 8);
+  }
+  std::remove(o.c_str());
+  const auto r = run("fake-quant -i " + in + " -o " + o + " --scale 0.1");
+  INFO(r.output);
+  CHECK(r.code == 1);
+  CHECK_THAT(r.output, Catch::Contains("key 'shape' appears twice"));
+  CHECK_FALSE(exists(o));
+}
