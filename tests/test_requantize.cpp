@@ -516,7 +516,7 @@ TEST_CASE("AVX2 and scalar requantize are bit-identical: vector body, tails, una
   SECTION("1 and 2 threads give the same bytes (blocks large enough to be split)") {
     for (requantization r : {requantization::fixed_point, requantization::float_scale})
       for (std::size_t channels : {std::size_t(1), std::size_t(256), std::size_t(1000)}) {
-        const std::size_t rows = 200003 / channels + 1;
+        const std::size_t rows = 300007 / channels + 1;  // above requantize_parallel_min
         const auto m = test_multipliers(channels, 5, true);
         const auto p = test_params<std::int8_t>(m, r, 3);
         const auto acc = test_accumulators(rows, channels, m, 6);

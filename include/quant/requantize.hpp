@@ -299,6 +299,23 @@ struct requantize_plan {
   }
 };
 
+// The plan's tables as raw pointers and values: kernels copy it into a local, which no
+// store through an int8_t* (a character type, allowed to alias anything) can invalidate,
+// so the pointers and bounds stay in registers across a loop.
+struct requantize_view {
+  requantization rounding;
+  const std::int32_t *q31, *left, *right, *mask, *half_minus_one;
+  const float* scale;
+  std::int32_t zero_point, lo_minus_z, hi_minus_z;
+  float lo_minus_z_f, hi_minus_z_f;
+};
+
+inline requantize_view view_of(const requantize_plan& p) noexcept {
+  return {p.rounding, p.q31.data(), p.left.data(), p.right.data(), p.mask.data(), p.half_minus_one.data(),
+          p.scale.data(), p.zero_point, p.lo_minus_z, p.hi_minus_z, p.lo_minus_z_f, p.hi_minus_z_f};
+}
+inline const requantize_view& view_of(const requantize_view& v) noexcept { return v; }
+
 // The constants of one pack of lanes: P = int32 pack, F = float pack (plain int32_t / float
 // for simd::scalar).
 template <class Arch>
@@ -310,40 +327,43 @@ struct requantize_lanes_t {
   P lo, hi, zero_point;                      // bounds minus z, z
 };
 
-// Lanes for channels c .. c + L - 1 of a per-channel plan (one channel per lane).
-template <class Arch>
-QUANT_ALWAYS_INLINE requantize_lanes_t<Arch> load_lanes(const requantize_plan& plan, std::size_t c) noexcept {
+// Lanes for channels c .. c + L - 1 (one channel per lane) of a requantize_plan or a
+// requantize_view. Loads stay inside the tables for every c < channels (table_padding).
+template <class Arch, class Tables>
+QUANT_ALWAYS_INLINE requantize_lanes_t<Arch> load_lanes(const Tables& tables, std::size_t c) noexcept {
   using P = simd::pack<std::int32_t, Arch>;
   using F = simd::pack<float, Arch>;
+  const requantize_view& t = view_of(tables);
   requantize_lanes_t<Arch> k;
-  if (plan.rounding == requantization::fixed_point) {
-    k.q31 = simd::load<Arch>(plan.q31.data() + c);
-    k.left = simd::load<Arch>(plan.left.data() + c);
-    k.right = simd::load<Arch>(plan.right.data() + c);
-    k.mask = simd::load<Arch>(plan.mask.data() + c);
-    k.half_minus_one = simd::load<Arch>(plan.half_minus_one.data() + c);
+  if (t.rounding == requantization::fixed_point) {
+    k.q31 = simd::load<Arch>(t.q31 + c);
+    k.left = simd::load<Arch>(t.left + c);
+    k.right = simd::load<Arch>(t.right + c);
+    k.mask = simd::load<Arch>(t.mask + c);
+    k.half_minus_one = simd::load<Arch>(t.half_minus_one + c);
   } else {
-    k.scale = simd::load<Arch>(plan.scale.data() + c);
+    k.scale = simd::load<Arch>(t.scale + c);
   }
-  k.lo_f = F(plan.lo_minus_z_f), k.hi_f = F(plan.hi_minus_z_f);
-  k.lo = P(plan.lo_minus_z), k.hi = P(plan.hi_minus_z), k.zero_point = P(plan.zero_point);
+  k.lo_f = F(t.lo_minus_z_f), k.hi_f = F(t.hi_minus_z_f);
+  k.lo = P(t.lo_minus_z), k.hi = P(t.hi_minus_z), k.zero_point = P(t.zero_point);
   return k;
 }
 
 // Lanes that all use channel c (c = 0 for a per-tensor plan): a channel-major block.
-template <class Arch>
-QUANT_ALWAYS_INLINE requantize_lanes_t<Arch> broadcast_lanes(const requantize_plan& plan, std::size_t c) noexcept {
+template <class Arch, class Tables>
+QUANT_ALWAYS_INLINE requantize_lanes_t<Arch> broadcast_lanes(const Tables& tables, std::size_t c) noexcept {
   using P = simd::pack<std::int32_t, Arch>;
   using F = simd::pack<float, Arch>;
+  const requantize_view& t = view_of(tables);
   requantize_lanes_t<Arch> k;
-  if (plan.rounding == requantization::fixed_point) {
-    k.q31 = P(plan.q31[c]), k.left = P(plan.left[c]), k.right = P(plan.right[c]);
-    k.mask = P(plan.mask[c]), k.half_minus_one = P(plan.half_minus_one[c]);
+  if (t.rounding == requantization::fixed_point) {
+    k.q31 = P(t.q31[c]), k.left = P(t.left[c]), k.right = P(t.right[c]);
+    k.mask = P(t.mask[c]), k.half_minus_one = P(t.half_minus_one[c]);
   } else {
-    k.scale = F(plan.scale[c]);
+    k.scale = F(t.scale[c]);
   }
-  k.lo_f = F(plan.lo_minus_z_f), k.hi_f = F(plan.hi_minus_z_f);
-  k.lo = P(plan.lo_minus_z), k.hi = P(plan.hi_minus_z), k.zero_point = P(plan.zero_point);
+  k.lo_f = F(t.lo_minus_z_f), k.hi_f = F(t.hi_minus_z_f);
+  k.lo = P(t.lo_minus_z), k.hi = P(t.hi_minus_z), k.zero_point = P(t.zero_point);
   return k;
 }
 
@@ -479,8 +499,10 @@ QUANT_ALWAYS_INLINE void requantize_run(const requantize_plan& plan, const std::
                                         std::size_t channel0, Out* out) noexcept {
   constexpr std::size_t L = simd::lanes<std::int32_t, Arch>;
   using P = simd::pack<std::int32_t, Arch>;
+  requantize_view view = view_of(plan);
+  view.rounding = Rounding;  // lets the compiler drop the other convention's loads
   auto lanes_at = [&](std::size_t i) QUANT_INLINE_LAMBDA {
-    return VectorParams ? load_lanes<Arch>(plan, channel0 + i) : broadcast_lanes<Arch>(plan, channel0);
+    return VectorParams ? load_lanes<Arch>(view, channel0 + i) : broadcast_lanes<Arch>(view, channel0);
   };
   std::size_t i = 0;
   if constexpr (VectorParams) {
@@ -509,13 +531,17 @@ QUANT_ALWAYS_INLINE void requantize_run(const requantize_plan& plan, const std::
     for (; i < len; ++i) {
       const std::size_t c = VectorParams ? channel0 + i : channel0;
       store_narrow<Out, simd::scalar>(
-          out + i, requantize_lanes<Rounding, LeftShift, simd::scalar>(acc[i], broadcast_lanes<simd::scalar>(plan, c)));
+          out + i, requantize_lanes<Rounding, LeftShift, simd::scalar>(acc[i], broadcast_lanes<simd::scalar>(view, c)));
     }
   }
 }
 
 // Elements per piece handed to one thread (boundaries independent of the thread count).
+// Blocks below requantize_parallel_min stay on one thread: at a few elements per ns they
+// take tens of microseconds, the scale of waking a second thread.
 constexpr std::size_t requantize_piece = std::size_t(1) << 14;
+constexpr std::size_t requantize_parallel_min = std::size_t(1) << 18;
+inline std::size_t parallel_size(std::size_t n) noexcept { return n >= requantize_parallel_min ? n : 0; }
 
 template <class Out>
 void check_output_range(const requantize_params& p, const char* function) {
@@ -554,14 +580,14 @@ void requantize_with(const std::int32_t* acc, std::size_t rows, std::size_t chan
     constexpr bool LS = decltype(left)::value;
     if (plan.channels == 1) {  // per tensor: one flat run
       const std::size_t pieces = (n + requantize_piece - 1) / requantize_piece;
-      detail::parallel_for(pieces, n, [&](std::size_t t) {
+      detail::parallel_for(pieces, parallel_size(n), [&](std::size_t t) {
         const std::size_t b = t * requantize_piece, e = std::min(n, b + requantize_piece);
         requantize_run<R, LS, false, Arch>(plan, acc + b, e - b, 0, out + b);
       });
     } else {
       const std::size_t rows_per_piece = std::max<std::size_t>(1, requantize_piece / channels);
       const std::size_t pieces = (rows + rows_per_piece - 1) / rows_per_piece;
-      detail::parallel_for(pieces, n, [&](std::size_t t) {
+      detail::parallel_for(pieces, parallel_size(n), [&](std::size_t t) {
         const std::size_t rb = t * rows_per_piece, re = std::min(rows, rb + rows_per_piece);
         for (std::size_t r = rb; r < re; ++r)
           requantize_run<R, LS, true, Arch>(plan, acc + r * channels, channels, 0, out + r * channels);
@@ -589,7 +615,7 @@ void requantize_channel_major_with(const std::int32_t* acc, std::size_t channels
   dispatch_rounding(plan, [&](auto rounding, auto left) {
     constexpr requantization R = decltype(rounding)::value;
     constexpr bool LS = decltype(left)::value;
-    detail::parallel_for(channels * per_row, n, [&](std::size_t t) {
+    detail::parallel_for(channels * per_row, parallel_size(n), [&](std::size_t t) {
       const std::size_t c = t / per_row, b = (t % per_row) * requantize_piece, e = std::min(cols, b + requantize_piece);
       requantize_run<R, LS, false, Arch>(plan, acc + c * cols + b, e - b, plan.channels == 1 ? 0 : c,
                                          out + c * cols + b);
