@@ -9,6 +9,7 @@
 #include <vector>
 
 #include <xtensor/xarray.hpp>
+#include <xtensor/xbuilder.hpp>
 #include <xtensor/xtensor.hpp>
 
 namespace quant_test {
@@ -132,6 +133,23 @@ inline std::vector<double> global_avgpool(const map3& x) {
     y[c] /= static_cast<double>(x.H * x.W);
   }
   return y;
+}
+
+// im2col rows of a [C, H, W] map for a k x k kernel, stride 1, zero padding `pad`:
+// [OH*OW, C*k*k], columns in (c, ky, kx) order like weight.reshape(out, -1).
+inline xt::xtensor<float, 2> patches(const map3& x, std::size_t k, std::size_t pad) {
+  const std::size_t OH = x.H + 2 * pad - k + 1, OW = x.W + 2 * pad - k + 1;
+  xt::xtensor<float, 2> r = xt::zeros<float>({OH * OW, x.C * k * k});
+  for (std::size_t oy = 0; oy < OH; ++oy)
+    for (std::size_t ox = 0; ox < OW; ++ox)
+      for (std::size_t c = 0; c < x.C; ++c)
+        for (std::size_t ky = 0; ky < k; ++ky)
+          for (std::size_t kx = 0; kx < k; ++kx) {
+            const long iy = static_cast<long>(oy + ky) - static_cast<long>(pad), ix = static_cast<long>(ox + kx) - static_cast<long>(pad);
+            if (iy < 0 || ix < 0 || iy >= static_cast<long>(x.H) || ix >= static_cast<long>(x.W)) continue;
+            r(oy * OW + ox, (c * k + ky) * k + kx) = static_cast<float>(x.at(c, static_cast<std::size_t>(iy), static_cast<std::size_t>(ix)));
+          }
+  return r;
 }
 
 // max |a - b| / max |b|: agreement of two outputs relative to their scale.
