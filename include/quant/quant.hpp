@@ -23,3 +23,7 @@
 #include "im2col.hpp"          // conv lowering
 #include "adaround.hpp"        // AdaRound [BLAS]
 #include "reconstruction.hpp"  // BRECQ / QDrop [BLAS]
+#include "batchnorm_folding.hpp"  // BN folding
+#include "equalization.hpp"       // cross-layer equalization
+#include "bias_absorption.hpp"    // high-bias absorption
+#include "bias_correction.hpp"    // empirical / analytic bias correction
