@@ -482,3 +482,47 @@ TEST_CASE("PyTorch convention matches torch._fake_quantize_learnable_per_*_affin
   }
   WARN("largest relative difference of reduced gradients vs PyTorch: " << worst);
 }
+
+TEST_CASE("PyTorch convention rounds zero_point + x * inv_scale once, as PyTorch's backward kernel",
+          "[lsq][torch][ties]") {
+  // Cases with one element per scale and grad_factor 1: each reduced gradient is a single
+  // term, so PyTorch's values must be reproduced exactly (0 and -0 compare equal). The
+  // inputs are chosen so that rounding the product before adding the zero point moves the
+  // grid value across a half-integer (tools/torch_golden.py, fused_tie_inputs).
+  const auto cases = quant_test::read_golden("torch_learnable.txt");
+  std::size_t tie_cases = 0;
+  for (const auto& c : cases) {
+    if (c.name.rfind("lsq_tie", 0) != 0) continue;
+    ++tie_cases;
+    INFO(c.name);
+    lsq_params p;
+    p.grid = quant_test::grid_for(c.qmin, c.qmax);
+    p.scale = c["scale"];
+    p.offset = c["zero_point"];
+    if (c.kind == "lsq_channel") p.channel_axis = c.axis;
+    p.convention = lsq_convention::pytorch;
+    p.gradient_scaling = false;
+    xt::xarray<float> xa = xt::adapt(c["x"], c.shape);
+    xt::xarray<float> da = xt::adapt(c["dy"], c.shape);
+    const std::size_t n = xa.size();
+    const std::size_t params = p.scale.size();
+    REQUIRE(params == n);
+    const auto want_ref = ref::lsq(c["x"], c["dy"], c.shape, p);
+    for (int threads : {1, 2}) {
+      quant::set_num_threads(threads);
+      const auto r = eager::lsq_forward_backward(xa, da, p);
+      quant::set_num_threads(0);
+      require_bitwise_equal(r.y, c["y"], n, "y");
+      require_bitwise_equal(r.grad.dx, c["dx"], n, "dx");
+      for (std::size_t j = 0; j < params; ++j) {
+        INFO("element " << j << " x " << c["x"][j] << " threads " << threads);
+        CHECK(r.grad.dscale[j] == c["dscale"][j]);
+        CHECK(r.grad.doffset[j] == c["dzero_point"][j]);
+        CHECK(static_cast<float>(want_ref.dscale[j]) == c["dscale"][j]);
+        CHECK(static_cast<float>(want_ref.doffset[j]) == c["dzero_point"][j]);
+        CHECK(want_ref.dx[j] == c["dx"][j]);
+      }
+    }
+  }
+  CHECK(tie_cases >= 10);
+}

@@ -20,8 +20,8 @@
 // torch._fake_quantize_learnable_per_tensor_affine / _per_channel_affine (1.13, CPU),
 // whose "offset" is a float zero point z rounded to the grid:
 //   forward  = fake_quantize(x, s, z_f) with z_f = clamp(round_half_even(z)) (bit-identical)
-//   backward   xq = round(z_b + x * inv_s) (z added *before* rounding, in float),
-//              inside = qmin <= xq <= qmax,  x_fq = (clamp(xq) - z_b) * s,
+//   backward   xq = round(fma(x, inv_s, z_b)) (z added *before* rounding, one rounding),
+//              inside = qmin <= xq <= qmax,  x_fq - x = fma(clamp(xq) - z_b, s, -x),
 //              dx = dy * inside, ds = dy * (x_fq - x) * inv_s inside, dy * (qmin|qmax - z_b)
 //              outside, dz = -dy * s outside, 0 inside; ds, dz times grad_factor = g.
 //   z_b = z_f per channel; per tensor PyTorch's backward takes z_b = trunc(clamp(z + 0.5)),
@@ -254,6 +254,28 @@ struct kahan_sum {
   }
 };
 
+// a * b + c with one rounding on every target: simd::fma where it is an FMA instruction
+// (or std::fma for scalars), lane by lane std::fma on SIMD archs without one.
+template <class P>
+QUANT_ALWAYS_INLINE P fused_multiply_add(const P& a, const P& b, const P& c) noexcept {
+#if defined(__FMA__) || defined(__AVX512F__) || defined(__aarch64__)
+  return simd::fma(a, b, c);
+#else
+  if constexpr (std::is_same<P, float>::value) {
+    return std::fma(a, b, c);
+  } else {
+    using A = simd::arch_of<P>;
+    constexpr std::size_t L = simd::lanes<float, A>;
+    alignas(64) float va[L], vb[L], vc[L];
+    simd::store(va, a);
+    simd::store(vb, b);
+    simd::store(vc, c);
+    for (std::size_t k = 0; k < L; ++k) va[k] = std::fma(va[k], vb[k], vc[k]);
+    return simd::load<A>(va);
+  }
+#endif
+}
+
 // Per-element LSQ body. Returns dx; sets y (when asked), the scale-gradient term and the
 // offset term (dy outside the grid, 0 inside).
 template <lsq_convention C, class P>
@@ -271,13 +293,14 @@ QUANT_ALWAYS_INLINE void lsq_element(const P& x, const P& dy, const affine_pack<
     out_term = simd::select(inside, P(0.0f), dy);
   } else {
     const P z = a.zero_point;  // backward zero point
-    const P xq = round_half_to_even::apply(z + x * a.inv_scale);
+    // z + x * inv_s and x_fq - x = (q - z) s - x are each rounded once (fused), as
+    // PyTorch's CPU kernel computes them.
+    const P xq = round_half_to_even::apply(fused_multiply_add(x, a.inv_scale, z));
     const auto inside = (xq >= a.qmin) & (xq <= a.qmax);
     const P q = simd::clamp(xq, a.qmin, a.qmax);
     dx = dy * simd::mask_to_one(inside);
     const P q_minus_z = q - z;
-    const P x_fq = q_minus_z * a.scale;
-    ds_term = simd::select(inside, (dy * (x_fq - x)) * a.inv_scale, dy * q_minus_z);
+    ds_term = simd::select(inside, (dy * fused_multiply_add(q_minus_z, a.scale, -x)) * a.inv_scale, dy * q_minus_z);
     out_term = simd::select(inside, P(0.0f), dy);
     // forward as fake_quantize with z_f = z + shift: round, add z_f, clamp, subtract
     const P zf = z + P(forward_shift);

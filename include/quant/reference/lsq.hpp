@@ -64,12 +64,11 @@ inline lsq_reference lsq(const std::vector<float>& x, const std::vector<float>& 
       const float zb = p.channel_axis ? zf : std::trunc(lsq_clamp(off + 0.5f, qmin, qmax));
       const float qf = lsq_clamp(std::nearbyint(x[e] * inv) + zf, qmin, qmax);
       r.y[e] = (qf - zf) * s;
-      const float xq = std::nearbyint(zb + x[e] * inv);
+      const float xq = std::nearbyint(std::fma(x[e], inv, zb));  // one rounding, as PyTorch
       const bool inside = xq >= qmin && xq <= qmax;
       const float q = lsq_clamp(xq, qmin, qmax);
       r.dx[e] = dy[e] * (inside ? 1.0f : 0.0f);
-      const float xfq = (q - zb) * s;
-      ds_term = inside ? (dy[e] * (xfq - x[e])) * inv : dy[e] * (q - zb);
+      ds_term = inside ? (dy[e] * std::fma(q - zb, s, -x[e])) * inv : dy[e] * (q - zb);
       out_term = inside ? 0.0f : dy[e];
     }
     sds[j] += ds_term;
