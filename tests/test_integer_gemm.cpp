@@ -121,7 +121,7 @@ TEMPLATE_TEST_CASE("integer_gemm_s32 equals the int64 formula on every tail of t
   // above the 16-channel block and the 64-channel task; K: odd, even, around 32, a conv K.
   const std::vector<std::size_t> ks = {1, 2, 3, 31, 32, 33, 100, 1152};
   const std::vector<std::pair<std::size_t, std::size_t>> shapes = {{1, 1},  {1, 16},  {1, 17}, {5, 15}, {6, 16},
-                                                                    {7, 33}, {13, 64}, {49, 65}, {2, 130}};
+                                                                    {7, 33}, {13, 64}, {49, 65}, {2, 130}, {1, 130}};
   std::uint32_t seed = 1;
   SECTION("uint8 activations, int8 weights") {
     for (auto k : ks)
@@ -309,6 +309,24 @@ TEST_CASE("integer GEMM results do not depend on the thread count or the path", 
   REQUIRE(bool(s_scalar == s1));
   const auto want = quant::ref::integer_gemm_accumulators(x.data(), n, k, 3, w.data(), out, bias.data());
   for (std::size_t i = 0; i < want.size(); ++i) REQUIRE(std::int64_t(s1.data()[i]) == want[i]);
+}
+
+TEST_CASE("batch-1 GEMV results do not depend on the thread count or the path", "[integer_gemm]") {
+  const std::size_t out = 1000, k = 1152;  // 63 blocks: pairs and a single one, parallel
+  const auto x = as_matrix(random_ints<std::uint8_t>(k, 0, 255, 23), 1, k);
+  const auto w = random_ints<std::int8_t>(out * k, -8, 7, 24);
+  for (int bits : {8, 4}) {
+    const auto pw = bits == 8 ? quant::pack_weights(w.data(), out, k) : quant::pack_weights_int4(w.data(), out, k);
+    quant::set_num_threads(1);
+    const auto s1 = quant::integer_gemm_s32(x, 200, pw);
+    quant::set_num_threads(2);
+    const auto s2 = quant::integer_gemm_s32(x, 200, pw);
+    quant::set_num_threads(0);
+    REQUIRE(bool(s1 == s2));
+    REQUIRE(bool(quant::integer_gemm_s32<quant::simd::scalar>(x, 200, pw) == s1));
+    const auto want = quant::ref::integer_gemm_accumulators(x.data(), 1, k, 200, w.data(), out, nullptr);
+    for (std::size_t i = 0; i < want.size(); ++i) REQUIRE(std::int64_t(s1.data()[i]) == want[i]);
+  }
 }
 
 TEST_CASE("integer convolution through im2col padded with the zero point", "[integer_gemm]") {

@@ -30,8 +30,9 @@
 // Paths: the AVX2 tile (int16 widening + pairwise multiply-add, see
 // detail/integer_gemm_kernel.hpp) for AVX2 and AVX-512 arch tags, a scalar tile otherwise
 // (simd::scalar, QUANT_NO_SIMD); both read the same packed layout and compute the same
-// integers. Work is split into fixed blocks of 48 rows x 64 channels; each output element
-// is computed by one block, so threads (quant::set_num_threads) never change a result.
+// integers. Work is split into fixed blocks of 48 rows x 64 channels (x all channels when
+// there are at least 8 row blocks); each output element is computed by one block, so
+// threads (quant::set_num_threads) never change a result.
 #pragma once
 
 #include <algorithm>
@@ -67,8 +68,12 @@ constexpr std::size_t integer_gemm_max_k(int weight_bits) noexcept {
 namespace detail {
 namespace igemm {
 
-constexpr std::size_t rows_per_task = 48;    // multiple of nr_max
-constexpr std::size_t blocks_per_task = 4;   // 64 channels
+constexpr std::size_t rows_per_task = 48;  // multiple of nr_max
+// Channels per task: 64 when there are few row blocks (GEMV, small N: the channels carry the
+// parallelism), all of them otherwise (the activation block is then converted once).
+inline std::size_t blocks_per_task(std::size_t row_blocks, std::size_t blocks) noexcept {
+  return row_blocks >= 8 ? blocks : std::min<std::size_t>(blocks, 4);
+}
 
 // Checks shared by both entry points; returns the per-channel epilogue constants
 // bias[o] - z_x rowsum[o] (mod 2^32: the final sum is exact, see the header comment),
@@ -119,7 +124,8 @@ void run(const Act* x, std::size_t n, std::size_t ldx, const packed_weights& w, 
   if (n == 0) return;
   const std::size_t k = w.k, kp = w.k_padded(), kpairs = kp / 2;
   const std::size_t row_blocks = (n + rows_per_task - 1) / rows_per_task;
-  const std::size_t ch_groups = (w.blocks() + blocks_per_task - 1) / blocks_per_task;
+  const std::size_t group = blocks_per_task(row_blocks, w.blocks());
+  const std::size_t ch_groups = (w.blocks() + group - 1) / group;
   const std::size_t work = n * w.out * k / 16;  // parallel above ~1 M multiply-adds
   parallel_for(row_blocks * ch_groups, work, [&](std::size_t t) {
     const std::size_t rb = t / ch_groups, cg = t % ch_groups;
@@ -133,8 +139,23 @@ void run(const Act* x, std::size_t n, std::size_t ldx, const packed_weights& w, 
       for (std::size_t i = 0; i < k; ++i) dst[i] = src[i];
       if (kp != k) dst[k] = 0;
     }
-    const std::size_t b_end = std::min(w.blocks(), (cg + 1) * blocks_per_task);
-    for (std::size_t b = cg * blocks_per_task; b < b_end; ++b) {
+    const std::size_t b_begin = cg * group, b_end = std::min(w.blocks(), (cg + 1) * group);
+    if (rows == 1) {  // GEMV: two blocks per pass over the row
+      alignas(32) std::int32_t ta[mr], tb[mr];
+      std::size_t b = b_begin;
+      for (; b + 2 <= b_end; b += 2) {
+        const std::uint8_t* wb = w.bytes.data() + b * w.block_bytes();
+        dot_row_2blocks<Arch, Bits>(wb, wb + w.block_bytes(), xs, kpairs, ta, tb);
+        ep(static_cast<const std::int32_t*>(ta), n0, std::size_t(1), b * mr);
+        ep(static_cast<const std::int32_t*>(tb), n0, std::size_t(1), (b + 1) * mr);
+      }
+      if (b < b_end) {
+        dot_tile<Arch, Bits>(w.bytes.data() + b * w.block_bytes(), xs, kp, kpairs, 1, ta);
+        ep(static_cast<const std::int32_t*>(ta), n0, std::size_t(1), b * mr);
+      }
+      return;
+    }
+    for (std::size_t b = b_begin; b < b_end; ++b) {
       const std::uint8_t* wb = w.bytes.data() + b * w.block_bytes();
       for (std::size_t j0 = 0; j0 < rows; j0 += nr_max) {
         const std::size_t nr = std::min(nr_max, rows - j0);
