@@ -257,31 +257,39 @@ void integer_gemm(const Act* x, std::size_t n, std::size_t ldx, int x_zero_point
   constexpr std::size_t lanes = simd::lanes<std::int32_t, L>;
   const std::size_t out = w.out;
   const bool per_channel = plan.channels != 1;
+  // Tables through a local view and the offsets through a local pointer: stores of int8 /
+  // uint8 may alias anything, so members reached through references would be reloaded.
+  const kernels::requantize_view view = kernels::view_of(plan);
+  const std::int32_t* const offsets = off.data();
   kernels::dispatch_rounding(plan, [&](auto rounding, auto left) {
     constexpr requantization R = decltype(rounding)::value;
     constexpr bool LS = decltype(left)::value;
-    const kernels::requantize_lanes_t<L> tensor_lanes = kernels::broadcast_lanes<L>(plan, 0);
+    const kernels::requantize_lanes_t<L> tensor_lanes = kernels::broadcast_lanes<L>(view, 0);
     detail::igemm::run_any<Arch>(x, n, ldx, w, [&](const std::int32_t* tile, std::size_t n0, std::size_t nr,
                                                    std::size_t o0) QUANT_INLINE_LAMBDA {
+      const kernels::requantize_view v = view;
+      const std::int32_t* const off_tile = offsets + o0;
+      const kernels::requantize_lanes_t<L> tl = tensor_lanes;
+      Out* const y_tile = y + n0 * ldy + o0;
       const std::size_t valid = std::min(detail::igemm::mr, out - o0);
       for (std::size_t j = 0; j < nr; ++j) {
-        Out* yr = y + (n0 + j) * ldy + o0;
+        Out* yr = y_tile + j * ldy;
         const std::int32_t* t = tile + j * detail::igemm::mr;
         std::size_t c = 0;
         if (valid == detail::igemm::mr) {
           for (; c < detail::igemm::mr; c += lanes) {
             simd::pack<std::int32_t, L> a;
             if constexpr (lanes == 1)
-              a = detail::igemm::add_wrap(t[c], off[o0 + c]);
+              a = detail::igemm::add_wrap(t[c], off_tile[c]);
             else
-              a = simd::load<L>(t + c) + simd::load<L>(off.data() + o0 + c);  // wrapping vpaddd
-            const auto k = per_channel ? kernels::load_lanes<L>(plan, o0 + c) : tensor_lanes;
+              a = simd::load<L>(t + c) + simd::load<L>(off_tile + c);  // wrapping vpaddd
+            const auto k = per_channel ? kernels::load_lanes<L>(v, o0 + c) : tl;
             kernels::store_narrow<Out, L>(yr + c, kernels::requantize_lanes<R, LS, L>(a, k));
           }
         }
         for (; c < valid; ++c) {  // channel tail
-          const std::int32_t a = detail::igemm::add_wrap(t[c], off[o0 + c]);
-          const auto k = kernels::broadcast_lanes<simd::scalar>(plan, per_channel ? o0 + c : 0);
+          const std::int32_t a = detail::igemm::add_wrap(t[c], off_tile[c]);
+          const auto k = kernels::broadcast_lanes<simd::scalar>(v, per_channel ? o0 + c : 0);
           kernels::store_narrow<Out, simd::scalar>(yr + c, kernels::requantize_lanes<R, LS, simd::scalar>(a, k));
         }
       }
