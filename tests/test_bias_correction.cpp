@@ -342,6 +342,12 @@ TEST_CASE("bias correction validation", "[bias_correction][validation]") {
     CHECK_THROWS_AS(empirical_bias_correction(random_weight({2, 1, 3, 3}, 69), random_weight({2, 1, 3, 3}, 70), dwacc,
                                               layer_kind::depthwise_conv2d),
                     length_error);
+    // a named kind checks the shape; the dense form reads any rank >= 2 as [out, features]
+    CHECK_THROWS_AS(empirical_bias_correction(w, wq, acc, layer_kind::conv2d), length_error);
+    const auto cw = random_weight({3, 1, 2, 2}, 73);
+    CHECK_NOTHROW(empirical_bias_correction(cw, quantized(cw, 0.5f), acc));
+    CHECK_NOTHROW(empirical_bias_correction(cw, quantized(cw, 0.5f), acc, layer_kind::conv2d));
+    CHECK_THROWS_AS(empirical_bias_correction(cw, quantized(cw, 0.5f), acc, layer_kind::linear), length_error);
     auto bad = wq;
     bad(2, 1) = NAN;
     CHECK_THROWS_AS(empirical_bias_correction(w, bad, acc), domain_error);

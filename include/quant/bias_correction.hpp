@@ -125,44 +125,50 @@ inline double dw(const float* w, const float* wq, std::size_t i) {
   return static_cast<double>(wq[i]) - static_cast<double>(w[i]);  // exact: two floats in double
 }
 
-}  // namespace detail
-
-// delta = (W_q - W) mean ([out]); b_new = b - delta. kind = depthwise_conv2d reads the weight as
-// [C, 1, kh, kw] and the rows as im2col rows of all C channels (C*kh*kw features); any other
-// kind reads the weights as [out, features] (conv: weight.reshape(out, -1)).
 template <class E1, class E2>
-xt::xtensor<float, 1> empirical_bias_correction(const xt::xexpression<E1>& weight,
-                                                const xt::xexpression<E2>& quantized_weight,
-                                                const input_mean_accumulator& inputs, layer_kind kind) {
+xt::xtensor<float, 1> empirical_correction(const xt::xexpression<E1>& weight, const xt::xexpression<E2>& quantized_weight,
+                                           const input_mean_accumulator& inputs, layer_kind kind, bool check_kind) {
   const char* fn = "empirical_bias_correction";
-  const auto w = detail::as_contiguous(weight);
-  const auto wq = detail::as_contiguous(quantized_weight);
-  detail::check_weight_pair(w, wq, fn);
+  const auto w = as_contiguous(weight);
+  const auto wq = as_contiguous(quantized_weight);
+  check_weight_pair(w, wq, fn);
   const std::size_t out = w.shape()[0], per = w.size() / out;
-  if (kind == layer_kind::depthwise_conv2d) detail::check_weight_shape(w.shape(), kind, fn, "weight");
+  if (check_kind) check_weight_shape(w.shape(), kind, fn, "weight");
   const std::size_t features = kind == layer_kind::depthwise_conv2d ? out * per : per;
   if (inputs.features() != features)
-    detail::fail<length_error>(fn, "inputs.features()", inputs.features(),
-                               std::string("must equal ") +
-                                   (kind == layer_kind::depthwise_conv2d ? "C*kh*kw = " : "the weight's features per output = ") +
-                                   std::to_string(features));
+    fail<length_error>(fn, "inputs.features()", inputs.features(),
+                       std::string("must equal ") +
+                           (kind == layer_kind::depthwise_conv2d ? "C*kh*kw = " : "the weight's features per output = ") +
+                           std::to_string(features));
   const xt::xtensor<double, 1> m = inputs.mean();
   xt::xtensor<float, 1> delta = xt::xtensor<float, 1>::from_shape({out});
   for (std::size_t o = 0; o < out; ++o) {
     double acc = 0.0;
     const std::size_t base = kind == layer_kind::depthwise_conv2d ? o * per : 0;
-    for (std::size_t k = 0; k < per; ++k) acc += detail::dw(w.data(), wq.data(), o * per + k) * m[base + k];
+    for (std::size_t k = 0; k < per; ++k) acc += dw(w.data(), wq.data(), o * per + k) * m[base + k];
     delta[o] = static_cast<float>(acc);
   }
   return delta;
 }
+}  // namespace detail
 
-// The dense form: W and W_q read as [out, features].
+// delta = (W_q - W) mean ([out]); b_new = b - delta. W and W_q of any rank >= 2 are read as
+// [out, features] (a conv weight as weight.reshape(out, -1), matching im2col rows).
 template <class E1, class E2>
 xt::xtensor<float, 1> empirical_bias_correction(const xt::xexpression<E1>& weight,
                                                 const xt::xexpression<E2>& quantized_weight,
                                                 const input_mean_accumulator& inputs) {
-  return empirical_bias_correction(weight, quantized_weight, inputs, layer_kind::linear);
+  return detail::empirical_correction(weight, quantized_weight, inputs, layer_kind::linear, false);
+}
+
+// The same with the layer kind named and its weight shape checked (linear [out, in], conv2d
+// [out, C, kh, kw]). depthwise_conv2d reads the weight as [C, 1, kh, kw] and the rows as
+// im2col rows of all C channels (C*kh*kw features); channel c uses its own kh*kw block only.
+template <class E1, class E2>
+xt::xtensor<float, 1> empirical_bias_correction(const xt::xexpression<E1>& weight,
+                                                const xt::xexpression<E2>& quantized_weight,
+                                                const input_mean_accumulator& inputs, layer_kind kind) {
+  return detail::empirical_correction(weight, quantized_weight, inputs, kind, true);
 }
 
 // E[max(x, 0)] for x ~ N(mean, std^2); std = 0 gives max(mean, 0).
