@@ -624,3 +624,27 @@ TEST_CASE("SQNR observer: AIMET cost, gamma, candidates, merge and save/load", "
   CHECK_THROWS_AS(e.update(xt::xarray<float>{std::numeric_limits<float>::infinity()}), quant::domain_error);
   CHECK_THROWS_AS(e.compute(g, scheme::symmetric), quant::domain_error);
 }
+
+TEST_CASE("load: a count larger than the values present fails as truncated, without allocating the count",
+          "[observers][io]") {
+  // 2^40 floats (4 TiB) announced, one value present. The reader used to size the vector
+  // from the count before reading (std::bad_alloc, or an ASan abort) instead of failing on
+  // the missing values.
+  const std::string huge = std::to_string(std::uint64_t(1) << 40);
+  SECTION("min-max") {
+    std::istringstream s("quant-observer minmax 1\naxis 0\nmin " + huge + " 1.5\n");
+    minmax_observer o;
+    CHECK_THROWS_WITH(o.load(s), Catch::Contains("truncated or malformed value"));
+  }
+  SECTION("MSE samples") {
+    std::istringstream s("quant-observer mse 1\naxis 0\ncounts 1 " + huge + "\nvalues " + huge + " 1 2\n");
+    mse_observer o;
+    CHECK_THROWS_AS(o.load(s), quant::invalid_argument);
+  }
+  SECTION("histogram counts") {
+    std::istringstream s("quant-observer histogram 1\naxis 0\nbins 1 2048\nchannels 1 1\nbins 1 2048\ntotal 1 1\n"
+                         "range 2 0 1\nexponent 1 -11\norigin 1 0\ncounts 2048 1 0\n");
+    histogram_observer o;
+    CHECK_THROWS_WITH(o.load(s), Catch::Contains("truncated or malformed value"));
+  }
+}

@@ -5,9 +5,11 @@
 //   end
 // Floats are written with max_digits10 significant digits (9 for float, 17 for double),
 // which read back to the identical value; integers as decimal. A reader checks the kind, the version, every
-// key and count, and throws quant::invalid_argument naming the loader on any mismatch.
+// key and count, and throws quant::invalid_argument naming the loader on any mismatch. A
+// count is checked against the values actually present, never allocated up front.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <istream>
@@ -76,9 +78,14 @@ struct observer_reader {
     if (expected_count && count != *expected_count)
       bad(std::string(key) + " count " + std::to_string(count), "expected " + std::to_string(*expected_count));
     if (count > (std::size_t(1) << 40)) bad(std::string(key) + " count", "implausibly large");
-    std::vector<T> v(count);
-    for (auto& x : v)
+    // The count is not trusted before the values are there: grow with what is read.
+    std::vector<T> v;
+    v.reserve(std::min<std::size_t>(count, 4096));
+    for (std::size_t i = 0; i < count; ++i) {
+      T x{};
       if (!(is >> x)) bad(key, "truncated or malformed value");
+      v.push_back(x);
+    }
     return v;
   }
 
