@@ -2,6 +2,7 @@
 // the Optimal Brain Quantization update written in its original OBS form (explicit H^-1 from
 // Gauss-Jordan elimination, one column removed after each step), with no Cholesky factor
 // and no lazy batches. Reconstruction errors are recomputed from the data.
+#include <quant/adaround.hpp>
 #include <quant/gptq.hpp>
 #include <quant/hessian.hpp>
 #include <quant/im2col.hpp>
@@ -584,4 +585,59 @@ TEST_CASE("gptq_layer: every validation path throws the right quant exception", 
   // messages name the function and the argument
   REQUIRE_THROWS_WITH(gptq_layer(w, x, with([](gptq_options& o) { o.block_size = 0; })),
                       Catch::Contains("quant::gptq_layer: block_size = 0"));
+}
+
+TEST_CASE("adaround_init_from_integers: AdaRound starts from GPTQ's rounding", "[gptq][adaround]") {
+  const std::size_t out = 16, in = 48, n = 192;
+  const auto w = normal_matrix(out, in, 101, 0.5f);
+  const auto x = correlated_inputs(n, in, 102);
+  const grid g = grid::int_signed(2);
+  const qparams qp = calibrate_mse(w, g, scheme::symmetric, 0);
+  const auto r = gptq_layer(w, x, qp);
+  const float margin = 0.2f;
+  const xt::xtensor<float, 2> v = adaround_init_from_integers(w, r.integer_weights, qp, margin);
+  const xt::xtensor<float, 2> v0 = adaround_init(w, qp);
+
+  SECTION("hard rounding reproduces every reachable integer; h starts at margin or 1 - margin") {
+    const auto hard = adaround_integer_weights(w, v, qp);
+    std::size_t reachable = 0, unreachable = 0;
+    for (std::size_t o = 0; o < out; ++o)
+      for (std::size_t i = 0; i < in; ++i) {
+        const float s = qp.scale(o), inv = 1.0f / s;
+        const float base = std::floor(w(o, i) * inv);
+        auto clampq = [&](float q) { return std::min(std::max(q, float(g.qmin())), float(g.qmax())); };
+        const float lo = clampq(base), hi = clampq(base + 1.0f), want = float(r.integer_weights(o, i));
+        if (lo == want || hi == want) {
+          ++reachable;
+          REQUIRE(hard(o, i) == r.integer_weights(o, i));
+          if (lo != hi) {
+            const double h = std::clamp(1.2 / (1.0 + std::exp(-double(v(o, i)))) - 0.1, 0.0, 1.0);
+            REQUIRE(std::abs(h - (hi == want ? 1.0 - margin : margin)) < 1e-6);
+          } else {
+            REQUIRE(v(o, i) == v0(o, i));
+          }
+        } else {
+          ++unreachable;  // GPTQ moved it by more than one step: the nearer end
+          REQUIRE(hard(o, i) == (want > hi ? hi : lo));
+        }
+      }
+    REQUIRE(reachable + unreachable == out * in);
+    REQUIRE(unreachable < out * in / 4);
+  }
+
+  SECTION("the layer optimizer starts from it (options.initial_v) and validates it") {
+    adaround_options opt;
+    opt.iterations = 1;
+    opt.initial_v = v;
+    adaround_optimizer a(w, x, qp, opt);
+    REQUIRE(a.v() == v);
+    opt.initial_v = xt::zeros<float>({out, in + 1});
+    REQUIRE_THROWS_AS(adaround_optimizer(w, x, qp, opt), quant::length_error);
+    opt.initial_v = v;
+    opt.initial_v(0, 0) = std::nanf("");
+    REQUIRE_THROWS_AS(adaround_optimizer(w, x, qp, opt), quant::domain_error);
+    REQUIRE_THROWS_AS(adaround_init_from_integers(w, r.integer_weights, qp, 0.5f), quant::invalid_argument);
+    REQUIRE_THROWS_AS(adaround_init_from_integers(w, xt::xtensor<std::int32_t, 2>::from_shape({out, 2}), qp),
+                      quant::length_error);
+  }
 }

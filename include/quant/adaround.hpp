@@ -436,6 +436,39 @@ auto adaround_init(const xt::xexpression<E>& w, const qparams& p) {
   return v;
 }
 
+// V whose hard rounding reproduces given integers q (e.g. GPTQ's, gptq.hpp), to start
+// AdaRound from another method's rounding: where clamp(floor(W/s) + u + z, qmin, qmax) = q
+// for exactly one u in {0, 1}, h(V) = margin (u = 0) or 1 - margin (u = 1); where both give q
+// (clamped), AdaRound's own init; where neither does (q beyond floor(W/s) + z + {0, 1}), the
+// nearer one. margin in (0, 0.5): h stays off the clamped ends, so V still has a gradient.
+// Throws like adaround_init, quant::length_error when q's shape differs from W's and
+// quant::invalid_argument for a margin outside (0, 0.5).
+template <class EW, class EQ>
+auto adaround_init_from_integers(const xt::xexpression<EW>& w, const xt::xexpression<EQ>& q, const qparams& p,
+                                 float margin = 0.1f) {
+  const char* fn = "adaround_init_from_integers";
+  if (!(margin > 0.0f && margin < 0.5f)) detail::fail<invalid_argument>(fn, "margin", margin, "must be in (0, 0.5)");
+  const auto& qe = q.derived_cast();
+  const auto in = detail::as_contiguous(w);
+  if (!std::equal(in.shape().begin(), in.shape().end(), qe.shape().begin(), qe.shape().end()))
+    detail::fail<length_error>(fn, "q.shape()", detail::shape_string(qe.shape()),
+                               "must equal W.shape() = " + detail::shape_string(in.shape()));
+  auto v = adaround_init(w, p);
+  const auto plan = detail::make_segment_plan(in.shape(), p, fn);
+  const float qmin = static_cast<float>(p.qmin()), qmax = static_cast<float>(p.qmax());
+  const float up = -std::log((adaround_zeta - adaround_gamma) / (1.0f - margin - adaround_gamma) - 1.0f);
+  const float down = -std::log((adaround_zeta - adaround_gamma) / (margin - adaround_gamma) - 1.0f);
+  const std::vector<double> qflat(qe.begin(), qe.end());  // row-major order, as W's flat index
+  detail::for_each_param(plan, 0, plan.n, [&](std::size_t i, float, float inv_s, float z) {
+    const float target = static_cast<float>(qflat[i]);
+    const float base = std::floor(in.data()[i] * inv_s) + z;
+    const float lo = simd::clamp(base, qmin, qmax), hi = simd::clamp(base + 1.0f, qmin, qmax);
+    if (lo == target && hi == target) return;
+    v.data()[i] = (hi == target || (lo != target && target > hi)) ? up : down;
+  });
+  return v;
+}
+
 // Hard-rounded integers clamp(floor(W/s) + 1[V >= 0] + z, qmin, qmax) as int32.
 template <class EW, class EV>
 auto adaround_integer_weights(const xt::xexpression<EW>& w, const xt::xexpression<EV>& v, const qparams& p) {
@@ -741,6 +774,9 @@ struct adaround_options {
   std::uint64_t seed = 0;       // mini-batch sampling
   activation act = activation::identity;  // f_a, the activation after the layer
   std::function<void(const adaround_progress&)> progress;  // called after every iteration (optional)
+  // Starting V, shaped like W (empty: AdaRound's init h(V) = W/s - floor(W/s)); e.g.
+  // adaround_init_from_integers(W, gptq.integer_weights, qparams) to refine GPTQ's rounding.
+  xt::xtensor<float, 2> initial_v;
 
   // Throws quant::invalid_argument naming `function` and the field.
   void validate(const char* function) const {
@@ -931,6 +967,19 @@ class adaround_variables {
 
   std::size_t size() const noexcept { return w_.size(); }
   const xt::xtensor<float, 2>& weight() const noexcept { return w_; }  // the full-precision W
+
+  // Replaces V (e.g. by adaround_init_from_integers) and recomputes the soft weight; call
+  // it before the first step() (Adam's state is not reset). Throws quant::length_error for
+  // a shape other than W's, quant::domain_error for non-finite V.
+  void set_v(const xt::xtensor<float, 2>& v, const char* function = "adaround_variables::set_v") {
+    if (v.shape() != w_.shape())
+      detail::fail<length_error>(function, "V.shape()", detail::shape_string(v.shape()),
+                                 "must equal W.shape() = " + detail::shape_string(w_.shape()));
+    detail::require_finite(v.data(), v.size(), function, "V");
+    v_ = v;
+    kernels::adaround_soft_weights<>(plan_, qmin_, qmax_, base_.data(), v_.data(), sig_.data(), w_soft_.data());
+  }
+
   const quant::qparams& weight_qparams() const noexcept { return qp_; }
   const xt::xtensor<float, 2>& v() const noexcept { return v_; }
   // s (clamp(floor(W/s) + h(V) + z, qmin, qmax) - z) at the current V.
@@ -1031,6 +1080,7 @@ class adaround_optimizer {
     if (X_hat) detail::require_finite(X_hat->data(), X_hat->size(), fn, "X_hat");
     if (bias) detail::require_finite(bias->data(), bias->size(), fn, "bias");
     vars_ = adaround_variables(W, weight_qparams, opt_.learning_rate, fn);
+    if (opt_.initial_v.size() != 0) vars_.set_v(opt_.initial_v, fn);
     bias_.assign(out, 0.0f);
     if (bias) std::copy(bias->begin(), bias->end(), bias_.begin());
     has_bias_ = bias != nullptr;
