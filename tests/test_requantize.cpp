@@ -118,7 +118,7 @@ TEST_CASE("saturating_rounding_doubling_high_mul: (a b + nudge) / 2^31 truncatin
     for (int s = 0; s <= 30; ++s)
       for (std::int32_t k : {1, -1, 3, -3, 5, -5, 255, -255, 32767, -32767}) {
         const std::int32_t a = std::int32_t(1) << s;
-        const std::int64_t b64 = static_cast<std::int64_t>(k) << (30 - s);
+        const std::int64_t b64 = static_cast<std::int64_t>(k) * (std::int64_t(1) << (30 - s));
         if (b64 < int32_min || b64 > int32_max) continue;
         const std::int32_t b = static_cast<std::int32_t>(b64);
         INFO("a = " << a << ", b = " << b);
