@@ -103,21 +103,22 @@ inline network make_network(const std::string& name, const std::vector<layer_spe
 // ---- the pieces of a layer ------------------------------------------------------------
 
 // Channels-last im2col with padding 1: act [B, H*W*C] -> cols [B*H*W, 9*C].
-inline void im2col3x3(const float* act, std::size_t batch, std::size_t H, std::size_t W, std::size_t C, float* cols) {
+template <class T>
+void im2col3x3(const T* act, std::size_t batch, std::size_t H, std::size_t W, std::size_t C, T* cols) {
   const std::size_t K = 9 * C;
   for (std::size_t b = 0; b < batch; ++b)
     for (std::size_t y = 0; y < H; ++y)
       for (std::size_t x = 0; x < W; ++x) {
-        float* row = cols + ((b * H + y) * W + x) * K;
+        T* row = cols + ((b * H + y) * W + x) * K;
         for (std::size_t ky = 0; ky < 3; ++ky)
           for (std::size_t kx = 0; kx < 3; ++kx) {
-            float* dst = row + (ky * 3 + kx) * C;
+            T* dst = row + (ky * 3 + kx) * C;
             const std::ptrdiff_t sy = static_cast<std::ptrdiff_t>(y + ky) - 1;
             const std::ptrdiff_t sx = static_cast<std::ptrdiff_t>(x + kx) - 1;
             if (sy < 0 || sx < 0 || sy >= static_cast<std::ptrdiff_t>(H) || sx >= static_cast<std::ptrdiff_t>(W)) {
-              std::fill(dst, dst + C, 0.0f);
+              std::fill(dst, dst + C, T(0));
             } else {
-              const float* src = act + ((b * H + static_cast<std::size_t>(sy)) * W + static_cast<std::size_t>(sx)) * C;
+              const T* src = act + ((b * H + static_cast<std::size_t>(sy)) * W + static_cast<std::size_t>(sx)) * C;
               std::copy(src, src + C, dst);
             }
           }
@@ -125,20 +126,21 @@ inline void im2col3x3(const float* act, std::size_t batch, std::size_t H, std::s
 }
 
 // Adjoint of im2col3x3: scatter-add dcols [B*H*W, 9*C] into dact [B, H*W*C].
-inline void col2im3x3(const float* dcols, std::size_t batch, std::size_t H, std::size_t W, std::size_t C, float* dact) {
+template <class T>
+void col2im3x3(const T* dcols, std::size_t batch, std::size_t H, std::size_t W, std::size_t C, T* dact) {
   const std::size_t K = 9 * C;
-  std::fill(dact, dact + batch * H * W * C, 0.0f);
+  std::fill(dact, dact + batch * H * W * C, T(0));
   for (std::size_t b = 0; b < batch; ++b)
     for (std::size_t y = 0; y < H; ++y)
       for (std::size_t x = 0; x < W; ++x) {
-        const float* row = dcols + ((b * H + y) * W + x) * K;
+        const T* row = dcols + ((b * H + y) * W + x) * K;
         for (std::size_t ky = 0; ky < 3; ++ky)
           for (std::size_t kx = 0; kx < 3; ++kx) {
             const std::ptrdiff_t sy = static_cast<std::ptrdiff_t>(y + ky) - 1;
             const std::ptrdiff_t sx = static_cast<std::ptrdiff_t>(x + kx) - 1;
             if (sy < 0 || sx < 0 || sy >= static_cast<std::ptrdiff_t>(H) || sx >= static_cast<std::ptrdiff_t>(W)) continue;
-            const float* src = row + (ky * 3 + kx) * C;
-            float* dst = dact + ((b * H + static_cast<std::size_t>(sy)) * W + static_cast<std::size_t>(sx)) * C;
+            const T* src = row + (ky * 3 + kx) * C;
+            T* dst = dact + ((b * H + static_cast<std::size_t>(sy)) * W + static_cast<std::size_t>(sx)) * C;
             for (std::size_t c = 0; c < C; ++c) dst[c] += src[c];
           }
       }
