@@ -1,5 +1,6 @@
 // quant/batchnorm_folding.hpp — folding an inference-mode batch norm into the layer before it
-// (Jacob et al. 2018, §3.2; Nagel et al. 2019, "Data-Free Quantization", §4.1).
+// (Jacob et al. 2018, "Quantization and Training of Neural Networks for Efficient
+// Integer-Arithmetic-Only Inference"; Nagel et al. 2019, "Data-Free Quantization").
 //
 // A layer y = W x + b followed by BN(y) = gamma (y - mu) / sqrt(var + eps) + beta (PyTorch
 // BatchNorm1d/2d in eval mode, running statistics mu and var) is one layer

@@ -1,5 +1,5 @@
 // quant/bias_absorption.hpp — high-bias absorption (Nagel et al. 2019, "Data-Free
-// Quantization", §4.1.1 "Absorbing high biases").
+// Quantization", §4 "absorbing high biases").
 //
 // After equalization some channels of `first` carry large positive biases, which widen the
 // activation range the next quantizer must cover. If channel i's pre-activation x_i is never

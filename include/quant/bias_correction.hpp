@@ -1,6 +1,6 @@
 // quant/bias_correction.hpp — bias correction of a quantized layer (Nagel et al. 2019,
-// "Data-Free Quantization", §4.2; Nagel et al. 2021, "A White Paper on Neural Network
-// Quantization", §4.2 "bias correction").
+// "Data-Free Quantization", §4 "quantization bias correction" and appendices B-D; Nagel et
+// al. 2021, "A White Paper on Neural Network Quantization", "bias correction").
 //
 // Quantizing W to W_q shifts the expected output of y = W x + b by
 //     E[y_q - y] = (W_q - W) E[x],

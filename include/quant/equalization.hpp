@@ -1,5 +1,6 @@
 // quant/equalization.hpp — cross-layer equalization (CLE; Nagel et al. 2019, "Data-Free
-// Quantization Through Weight Equalization and Bias Correction", §4.1, eq. 5-9).
+// Quantization Through Weight Equalization and Bias Correction", §4 "cross-layer range
+// equalization" and appendix A).
 //
 // For two layers y = f(W2 g(W1 x + b1) + b2) with g positively homogeneous
 // (g(s z) = s g(z) for s > 0: identity, ReLU, and the max/avg pooling and flatten that may sit
@@ -26,10 +27,10 @@
 // scales reproduce the transformed weights.
 //
 // equalize_chain sweeps the pairs (layers[k], layers[k+1]) in order and repeats: equalizing a
-// pair changes the output-channel ranges of layers[k+1] and so the next pair (DFQ, §4.1
-// "iterate until convergence"). Defaults: stop after the first sweep whose largest |S_i - 1|
-// is below 1e-6 (a few float roundings above the 6e-8 half-ulp of 1.0, so a converged chain
-// stops), or after 100 sweeps; report.converged says which happened.
+// pair changes the output-channel ranges of layers[k+1] and so the next pair; DFQ iterates
+// the pairwise step until the scales stop changing. Defaults: stop after the first sweep
+// whose largest |S_i - 1| is below 1e-6 (a few float roundings above the 6e-8 half-ulp of
+// 1.0, so a converged chain stops), or after 100 sweeps; report.converged says which.
 #pragma once
 
 #include <algorithm>
