@@ -30,6 +30,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <cstdint>
 #include <functional>
 #include <stdexcept>
 #include <string>
@@ -405,6 +406,17 @@ inline std::vector<std::size_t> top1(const xt::xarray<float>& logits) {
     out[i] = static_cast<std::size_t>(std::max_element(r, r + k) - r);
   }
   return out;
+}
+
+// Top-1 accuracy of logits [N, classes] against labels [N].
+inline double top1_accuracy(const xt::xarray<float>& logits, const std::vector<std::int64_t>& labels) {
+  const auto pred = top1(logits);
+  if (pred.size() != labels.size())
+    throw std::length_error("top1_accuracy: " + std::to_string(pred.size()) + " predictions, " +
+                            std::to_string(labels.size()) + " labels");
+  std::size_t ok = 0;
+  for (std::size_t i = 0; i < pred.size(); ++i) ok += static_cast<std::int64_t>(pred[i]) == labels[i];
+  return pred.empty() ? 0.0 : static_cast<double>(ok) / static_cast<double>(pred.size());
 }
 
 }  // namespace examples

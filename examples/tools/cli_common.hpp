@@ -30,6 +30,7 @@
 #include <xtensor/xadapt.hpp>
 #include <xtensor/xarray.hpp>
 
+#include "../common/encodings_json.hpp"
 #include "../common/npy_io.hpp"
 
 namespace quant_cli {
@@ -176,58 +177,18 @@ inline std::vector<std::int32_t> zero_points_from(const std::vector<float>& z, c
   return out;
 }
 
-inline std::string granularity_name(quant::granularity g) {
-  switch (g) {
-    case quant::granularity::per_tensor: return "per_tensor";
-    case quant::granularity::per_channel: return "per_channel";
-    case quant::granularity::per_group: return "per_group";
-  }
-  return "?";
-}
+inline std::string granularity_name(quant::granularity g) { return examples::granularity_name(g); }
 
 inline json qparams_json(const quant::qparams& p, quant::scheme s, const std::vector<std::size_t>& shape,
-                  const std::string& rounding) {
-  json j;
-  j["format"] = "quant-encodings";
-  j["version"] = 1;
-  j["bits"] = p.grid().bits;
-  j["signed"] = p.grid().is_signed;
-  j["narrow"] = p.grid().narrow;
-  j["qmin"] = p.qmin();
-  j["qmax"] = p.qmax();
-  j["scheme"] = s == quant::scheme::symmetric ? "symmetric" : "asymmetric";
-  j["granularity"] = granularity_name(p.granularity());
-  if (p.granularity() != quant::granularity::per_tensor) j["axis"] = p.axis();
-  if (p.granularity() == quant::granularity::per_group) j["group_size"] = p.group_size();
-  j["rounding"] = rounding;
-  j["shape"] = shape;
-  j["scales"] = p.scales();
-  j["zero_points"] = p.zero_points();
-  return j;
+                         const std::string& rounding) {
+  return examples::encodings_json(p, s, shape, rounding);
 }
 
 inline quant::qparams qparams_from_json(const std::string& path) {
-  std::ifstream f(path);
-  if (!f) throw data_error(path + ": cannot open");
-  json j;
   try {
-    f >> j;
-    const quant::grid g{j.at("bits").get<int>(), j.at("signed").get<bool>(), j.value("narrow", false)};
-    const auto s = j.at("scales").get<std::vector<float>>();
-    const auto z = j.at("zero_points").get<std::vector<std::int32_t>>();
-    const std::string gran = j.at("granularity").get<std::string>();
-    if (gran == "per_tensor") {
-      if (s.size() != 1 || z.size() != 1) throw data_error(path + ": per_tensor needs one scale and one zero point");
-      return quant::qparams::per_tensor(g, s[0], z[0]);
-    }
-    if (gran == "per_channel") return quant::qparams::per_channel(g, s, z, j.at("axis").get<std::ptrdiff_t>());
-    if (gran == "per_group")
-      return quant::qparams::per_group(g, s, z, j.at("axis").get<std::ptrdiff_t>(), j.at("group_size").get<std::size_t>());
-    throw data_error(path + ": unknown granularity '" + gran + "'");
-  } catch (const json::exception& e) {
-    throw data_error(path + ": not a quant encodings file (" + e.what() + ")");
-  } catch (const quant::error& e) {
-    throw data_error(path + ": " + e.what());
+    return examples::encodings_from_file(path);
+  } catch (const examples::encodings_error& e) {
+    throw data_error(e.what());
   }
 }
 
