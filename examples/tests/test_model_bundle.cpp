@@ -562,3 +562,25 @@ TEST_CASE("model runner: every layer type against a float64 reference", "[model_
     CHECK_THROWS_AS(examples::run_model(m, random_array({2, 243}, 1)), std::length_error);
   }
 }
+
+TEST_CASE("model runner: logits match PyTorch on the golden bundle (tools/make_bundle_golden.py)", "[model_runner]") {
+  examples::use_single_threaded_blas_for_runner();
+  // Exported by tools/export_bundle.py from an nn.Sequential with every layer type (BN in
+  // eval mode with non-default statistics, depthwise stride 2, grouped with a 2x3 kernel and
+  // (1, 2) stride, padded max/avg pools, global pooling, flatten, bias-free layers).
+  const model m = examples::load_model(std::string(TEST_DATA_DIR) + "/golden_bundle");
+  REQUIRE(m.layers.size() == 18);
+  const xt::xarray<float> x = examples::load_npy_float(std::string(TEST_DATA_DIR) + "/golden_input.npy");
+  const xt::xarray<float> torch_logits = examples::load_npy_float(std::string(TEST_DATA_DIR) + "/golden_logits.npy");
+  const auto y = examples::run_model(m, x);
+  REQUIRE(y.shape() == torch_logits.shape());
+  double worst = 0.0;
+  for (std::size_t i = 0; i < y.size(); ++i)
+    worst = std::max(worst, std::fabs(double(y.data()[i]) - double(torch_logits.data()[i])) /
+                                std::max(1e-3, std::fabs(double(torch_logits.data()[i]))));
+  INFO("largest relative difference " << worst);
+  CHECK(worst < 1e-5);
+  // and the float64 reference agrees with both
+  const dtensor ref = ref_model(m, x, 0, m.layers.size());
+  CHECK(rel_error(torch_logits, ref.v) < 1e-5);
+}
