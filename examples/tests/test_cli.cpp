@@ -733,3 +733,123 @@ TEST_CASE("a .npy header with a repeated key is rejected (the two header parsers
   CHECK_THAT(r.output, Catch::Contains("key 'shape' appears twice"));
   CHECK_FALSE(exists(o));
 }
+
+TEST_CASE("gptq one layer: outputs, groups, act order, errors recomputed from the data; bad input exits 1 or 2") {
+  const std::size_t out = 6, in = 16, n = 200;
+  std::vector<float> w(out * in), xs(n * in);
+  std::uint32_t st = 777u;
+  auto rnd = [&] {
+    st = st * 1664525u + 1013904223u;
+    return static_cast<float>(st >> 8) / 16777216.0f - 0.5f;
+  };
+  for (auto& v : w) v = rnd();
+  // correlated inputs: column i mixes a shared latent with its own noise
+  for (std::size_t r = 0; r < n; ++r) {
+    const float a = rnd(), b = rnd();
+    for (std::size_t i = 0; i < in; ++i) xs[r * in + i] = (i % 2 ? a : b) + 0.3f * rnd();
+  }
+  write_f32(path("gw.npy"), {out, in}, w);
+  write_f32(path("gx.npy"), {n, in}, xs);
+  // mean over rows of sum_o ((W - Wq) x)^2 in double
+  auto error_of = [&](const std::vector<float>& wq) {
+    double acc = 0.0;
+    for (std::size_t r = 0; r < n; ++r)
+      for (std::size_t o = 0; o < out; ++o) {
+        double y = 0.0;
+        for (std::size_t i = 0; i < in; ++i) y += (double(w[o * in + i]) - wq[o * in + i]) * xs[r * in + i];
+        acc += y * y;
+      }
+    return acc / double(n);
+  };
+
+  SECTION("per channel, 3-bit symmetric") {
+    ::mkdir(path("gq").c_str(), 0755);
+    const auto r = run("gptq -w " + path("gw.npy") + " -x " + path("gx.npy") + " --bits 3 -o " + path("gq"));
+    INFO(r.output);
+    REQUIRE(r.code == 0);
+    const npy q = read_npy(path("gq/integer_weights.npy"));
+    CHECK(q.descr == "<i4");
+    CHECK(q.shape == "(6, 16)");
+    const auto qi = q.as<std::int32_t>();
+    const auto s = read_npy(path("gq/scales.npy")).as<float>();
+    const auto z = read_npy(path("gq/zero_points.npy")).as<std::int32_t>();
+    const auto wq = read_npy(path("gq/weights.npy")).as<float>();
+    REQUIRE(s.size() == out);
+    std::vector<float> rtn(out * in);
+    for (std::size_t o = 0; o < out; ++o) {
+      CHECK(z[o] == 0);
+      for (std::size_t i = 0; i < in; ++i) {
+        const std::size_t k = o * in + i;
+        CHECK(qi[k] >= -4);
+        CHECK(qi[k] <= 3);
+        CHECK(wq[k] == static_cast<float>(qi[k]) * s[o]);
+        rtn[k] = fq_ref(w[k], s[o], 0, -4, 3);
+      }
+    }
+    const auto j = read_json(path("gq/report.json"));
+    const double e_gptq = j["reconstruction_error"]["gptq"].get<double>();
+    const double e_rtn = j["reconstruction_error"]["round_to_nearest"].get<double>();
+    CHECK(std::abs(e_gptq - error_of(wq)) <= 1e-9 * e_gptq);
+    CHECK(std::abs(e_rtn - error_of(rtn)) <= 1e-9 * e_rtn);
+    CHECK(e_gptq < e_rtn);
+    CHECK(j["block_size"] == 128);
+    CHECK(j["dead_inputs"] == 0);
+    CHECK(no_leftovers());
+  }
+
+  SECTION("groups of 4 at group start, asymmetric unsigned, act order, block 3") {
+    ::mkdir(path("gq_group").c_str(), 0755);
+    const auto r = run("gptq -w " + path("gw.npy") + " -x " + path("gx.npy") +
+                       " --bits 3 --unsigned --scheme asymmetric --group-size 4 --group-scales at-group-start"
+                       " --act-order --block-size 3 --observer minmax -o " + path("gq_group"));
+    INFO(r.output);
+    REQUIRE(r.code == 0);
+    const npy sn = read_npy(path("gq_group/scales.npy"));
+    CHECK(sn.shape == "(6, 4)");
+    const auto s = sn.as<float>();
+    const auto z = read_npy(path("gq_group/zero_points.npy")).as<std::int32_t>();
+    const auto qi = read_npy(path("gq_group/integer_weights.npy")).as<std::int32_t>();
+    const auto wq = read_npy(path("gq_group/weights.npy")).as<float>();
+    for (std::size_t o = 0; o < out; ++o)
+      for (std::size_t i = 0; i < in; ++i) {
+        const std::size_t k = o * in + i, g = o * 4 + i / 4;
+        CHECK(qi[k] >= 0);
+        CHECK(qi[k] <= 7);
+        CHECK(wq[k] == static_cast<float>(qi[k] - z[g]) * s[g]);
+      }
+    const auto j = read_json(path("gq_group/report.json"));
+    CHECK(j["act_order"] == true);
+    CHECK(j["group_scales"] == "at-group-start");
+    CHECK(std::abs(j["reconstruction_error"]["gptq"].get<double>() - error_of(wq)) <= 1e-9 * error_of(wq));
+  }
+
+  SECTION("bad data exits 1, bad options 2, nothing is written") {
+    ::mkdir(path("gq_bad").c_str(), 0755);
+    write_f32(path("gx_cols.npy"), {4, in + 1}, std::vector<float>(4 * (in + 1), 1.0f));
+    auto r = run("gptq -w " + path("gw.npy") + " -x " + path("gx_cols.npy") + " -o " + path("gq_bad"));
+    CHECK(r.code == 1);
+    CHECK_THAT(r.output, Catch::Contains("columns"));
+    std::vector<float> nan_x = xs;
+    nan_x[5] = std::nanf("");
+    write_f32(path("gx_nan.npy"), {n, in}, nan_x);
+    r = run("gptq -w " + path("gw.npy") + " -x " + path("gx_nan.npy") + " -o " + path("gq_bad"));
+    CHECK(r.code == 1);
+    // rows (2, ..., 2) and (0, ..., 0): H is singular; without dampening the Cholesky fails
+    std::vector<float> sing(2 * in, 0.0f);
+    for (std::size_t i = 0; i < in; ++i) sing[i] = 2.0f;
+    write_f32(path("gx_sing.npy"), {2, in}, sing);
+    r = run("gptq -w " + path("gw.npy") + " -x " + path("gx_sing.npy") + " --damp 0 -o " + path("gq_bad"));
+    INFO(r.output);
+    CHECK(r.code == 1);
+    CHECK_THAT(r.output, Catch::Contains("damp"));
+    r = run("gptq -w " + path("gw.npy") + " -x " + path("gx.npy") + " --group-size 5 -o " + path("gq_bad"));
+    CHECK(r.code == 2);
+    r = run("gptq -w " + path("gw.npy") + " -x " + path("gx.npy") + " --group-scales at-group-start -o " +
+            path("gq_bad"));
+    CHECK(r.code == 2);
+    r = run("gptq -w " + path("gw.npy") + " -x " + path("gx.npy") + " --block-size 0 -o " + path("gq_bad"));
+    CHECK(r.code == 2);
+    CHECK_FALSE(exists(path("gq_bad/integer_weights.npy")));
+    CHECK_FALSE(exists(path("gq_bad/report.json")));
+  }
+}

@@ -7,6 +7,7 @@
 //   quant adaround    --weights W.npy --inputs X.npy [--quantized-inputs Xq.npy] --bits 4 --out-dir DIR
 //   quant kurtosis    -i a.npy [-i b.npy ...] [--unbiased] [--target 1.8] [--format table|json] [-o k.json]
 //   quant pq          --weights W.npy --d 8 --k 256 [--layout shared|per-subspace] [--int8-centroids] --out-dir DIR
+//   quant gptq        -w W.npy -x X.npy --bits 4 [--group-size 32] [--act-order] [--damp 0.01] -o DIR
 //   quant eval        --model DIR --input X.npy [--labels y.npy] [--logits-out L.npy]
 //   quant ptq         --model DIR --calib X.npy [--eval X.npy --labels y.npy] -o OUT_DIR [--cle ...]
 //
@@ -40,6 +41,7 @@
 #include <xtensor/xadapt.hpp>
 
 #include "cli_common.hpp"
+#include "cmd_gptq.hpp"
 #include "cmd_eval.hpp"
 #include "cmd_ptq.hpp"
 
@@ -583,6 +585,7 @@ int main(int argc, char** argv) {
 
   // Subcommands written as quant_cli::command classes (one header each): register them here.
   std::vector<std::unique_ptr<quant_cli::command>> commands;
+  commands.push_back(std::make_unique<quant_cli::gptq_command>());
   commands.push_back(std::make_unique<quant_cli::eval_command>());
   commands.push_back(std::make_unique<quant_cli::ptq_command>());
   std::vector<CLI::App*> command_apps;
