@@ -80,9 +80,33 @@ TEST_CASE("LSQ / LSQ+ fused kernel matches the reference, every size and alignme
                                            with_offset ? std::vector<float>{conv == lsq_convention::paper ? 0.3f : 2.0f}
                                                        : std::vector<float>{},
                                            std::nullopt, conv);
-          check_against_reference(x, dy, {n}, p,
-                                  std::string(conv == lsq_convention::paper ? "paper" : "pytorch") +
-                                      (with_offset ? "+offset" : "") + " n=" + std::to_string(n));
+          const std::string what = std::string(conv == lsq_convention::paper ? "paper" : "pytorch") +
+                                   (with_offset ? "+offset" : "") + " n=" + std::to_string(n) + " offset " +
+                                   std::to_string(offset);
+          check_against_reference(x, dy, {n}, p, what);
+          // The same data where it lies in xb / gb (misaligned for offset 1, 3), through the
+          // eager entry point (adaptors read in place) and the SIMD kernel, with outputs
+          // misaligned differently.
+          const float* xp = xb.data() + offset;
+          const float* gp = gb.data() + offset;
+          if (offset && n) REQUIRE(reinterpret_cast<std::uintptr_t>(xp) % 16 != 0);
+          const auto want = ref::lsq(x, dy, {n}, p);
+          const std::vector<std::size_t> shape{n};
+          const auto r = eager::lsq_forward_backward(xt::adapt(xp, n, xt::no_ownership(), shape),
+                                                     xt::adapt(gp, n, xt::no_ownership(), shape), p);
+          require_bitwise_equal(r.y, want.y, n, what + " eager y, misaligned");
+          require_bitwise_equal(r.grad.dx, want.dx, n, what + " eager dx, misaligned");
+          const auto plan = detail::make_lsq_plan(shape, p, "test");
+          std::vector<float> yb(n + 4), dxb(n + 4);
+          float* yp = yb.data() + (offset + 1) % 4;
+          float* dxp = dxb.data() + (offset + 2) % 4;
+          std::vector<double> sds(1), sout(1);
+          detail::lsq_backward_dispatch<simd::default_arch>(xp, gp, yp, dxp, plan, p.convention, sds.data(),
+                                                            sout.data());
+          require_bitwise_equal(yp, want.y, n, what + " SIMD kernel y, misaligned");
+          require_bitwise_equal(dxp, want.dx, n, what + " SIMD kernel dx, misaligned");
+          const auto fin = detail::finish_lsq_gradients(p, n, sds, sout);
+          require_sum_close(fin.dscale, want.dscale, want.dscale_abs, what + " SIMD kernel dscale, misaligned");
         }
       }
     }

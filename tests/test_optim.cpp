@@ -14,16 +14,19 @@ TEST_CASE("Adam kernels match the reference loop bit for bit (SIMD, scalar, any 
   o.learning_rate = 0.01f;
   o.weight_decay = 0.1f;
   for (std::size_t n : quant_test::edge_sizes()) {
-    for (std::size_t offset : {0, 1}) {
+    for (std::size_t offset : {0, 1, 3}) {
+      // Parameters and gradients at misaligned addresses inside their buffers (offset 1, 3).
       auto p0 = quant_test::normal_floats(n + offset, 3 + static_cast<std::uint32_t>(n));
-      std::vector<float> p(p0.begin() + offset, p0.end());
-      std::vector<float> ps = p, pr = p, mr(n, 0.0f), vr(n, 0.0f), ms(n, 0.0f), vs(n, 0.0f);
+      float* p = p0.data() + offset;
+      if (offset && n) REQUIRE(reinterpret_cast<std::uintptr_t>(p) % 16 != 0);
+      std::vector<float> ps(p, p + n), pr(p, p + n), mr(n, 0.0f), vr(n, 0.0f), ms(n, 0.0f), vs(n, 0.0f);
       adam opt(n, o);
       for (std::size_t t = 1; t <= 3; ++t) {
-        auto g = quant_test::normal_floats(n, 100 + static_cast<std::uint32_t>(t), 2.0f);
-        opt.step(p.data(), g.data());
-        kernels::adam_update<simd::scalar>(ps.data(), g.data(), ms.data(), vs.data(), n, adam_step::make(o, t));
-        ref::adam_step(pr, g, mr, vr, t, o);
+        auto g0 = quant_test::normal_floats(n + 4, 100 + static_cast<std::uint32_t>(t), 2.0f);
+        const float* g = g0.data() + (offset + 2) % 4;
+        opt.step(p, g);
+        kernels::adam_update<simd::scalar>(ps.data(), g, ms.data(), vs.data(), n, adam_step::make(o, t));
+        ref::adam_step(pr, std::vector<float>(g, g + n), mr, vr, t, o);
       }
       CHECK(opt.steps() == 3);
       require_bitwise_equal(p, pr, n, "adam simd n=" + std::to_string(n));

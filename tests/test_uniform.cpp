@@ -16,21 +16,27 @@ void check_eager_per_tensor(rounding_mode mode, const Round& r = {}) {
   const grid g = grid::int_signed(8);
   const qparams p = qparams::per_tensor(g, 0.05f, 3);
   for (std::size_t n : quant_test::edge_sizes()) {
-    for (std::size_t offset : {0, 1, 3}) {  // unaligned starts
-      auto base = quant_test::normal_floats(n + offset, 17 + static_cast<std::uint32_t>(n), 4.0f);
-      std::vector<float> x(base.begin() + offset, base.end());
-      auto xt_x = xt::adapt(x, std::vector<std::size_t>{n});
-      xt::xarray<float> xa = xt_x;
-      auto y = eager::fake_quantize<Round>(xa, p, r);
+    for (std::size_t offset : {0, 1, 3}) {  // unaligned starts: pointers into one buffer
+      auto base = quant_test::normal_floats(n + offset + 16, 17 + static_cast<std::uint32_t>(n), 4.0f);
+      const float* x = base.data() + offset;
+      if (offset) REQUIRE(reinterpret_cast<std::uintptr_t>(x) % 16 != 0);
+      const std::vector<float> xv(x, x + n);
       std::uint64_t seed = 0;
       if constexpr (Round::is_stochastic) seed = r.seed;
-      auto want = ref::fake_quantize(x, {n}, p, mode, false, seed);
-      require_bitwise_equal(y, want, n, std::string(Round::name()) + " n=" + std::to_string(n));
-      // the scalar-arch kernel is held to the same reference
-      std::vector<float> ys(n);
+      const auto want = ref::fake_quantize(xv, {n}, p, mode, false, seed);
+      const std::string what = std::string(Round::name()) + " n=" + std::to_string(n) + " offset " + std::to_string(offset);
+      // eager, reading the misaligned adaptor in place
+      const auto xa = xt::adapt(x, n, xt::no_ownership(), std::vector<std::size_t>{n});
+      const auto y = eager::fake_quantize<Round>(xa, p, r);
+      require_bitwise_equal(y, want, n, what + " eager");
+      // the SIMD and scalar-arch kernels on misaligned input and (differently) misaligned output
+      std::vector<float> out(n + 16, -1.0f);
+      float* yo = out.data() + (offset + 1) % 4;
       const auto plan = detail::make_segment_plan(std::vector<std::size_t>{n}, p, "test");
-      kernels::fake_quantize<simd::scalar, Round>(x.data(), ys.data(), plan, -128.f, 127.f, r);
-      require_bitwise_equal(ys, want, n, "scalar kernel");
+      kernels::fake_quantize<simd::default_arch, Round>(x, yo, plan, -128.f, 127.f, r);
+      require_bitwise_equal(yo, want, n, what + " SIMD kernel");
+      kernels::fake_quantize<simd::scalar, Round>(x, yo, plan, -128.f, 127.f, r);
+      require_bitwise_equal(yo, want, n, what + " scalar kernel");
     }
   }
 }
@@ -248,4 +254,31 @@ TEST_CASE("scale_from_range: PyTorch arithmetic, degenerate ranges", "[qparams]"
   CHECK(c.zero_point == 0);
   CHECK_THROWS_AS(scale_from_range(grid::int_signed(8), 1.0f, -1.0f, scheme::asymmetric), quant::invalid_argument);
   CHECK_THROWS_AS(scale_from_range(grid::int_signed(8), std::nanf(""), 1.0f, scheme::asymmetric), quant::domain_error);
+}
+
+TEST_CASE("streaming-store path with its alignment peel, from a misaligned start", "[uniform][streaming]") {
+  // >= 16 MiB of floats takes the non-temporal store path on AVX-512 builds, which first
+  // peels elements up to an aligned output address; start input and output at different
+  // misalignments. (Other builds run the same sizes through the ordinary stores.)
+  const std::size_t n = (std::size_t(4) << 20) + 37;
+  if (!detail::use_streaming_stores<simd::default_arch>(n))
+    WARN("no streaming stores in this build (they are AVX-512 only): ordinary stores checked instead");
+  const qparams p = qparams::per_tensor(grid::int_signed(4), 0.125f, -2);
+  auto base = quant_test::normal_floats(n + 8, 91, 1.0f);
+  const auto ties = quant_test::tie_floats(n + 8, 0.125f, 92);
+  for (std::size_t i = 0; i < base.size(); i += 5) base[i] = ties[i];
+  for (std::size_t in_off : {1, 3}) {
+    const float* x = base.data() + in_off;
+    std::vector<float> out(n + 8, -1.0f);
+    float* y = out.data() + 2;
+    const std::vector<float> xv(x, x + n);
+    const auto want = ref::fake_quantize(xv, {n}, p, rounding_mode::half_to_even);
+    const auto plan = detail::make_segment_plan(std::vector<std::size_t>{n}, p, "test");
+    kernels::fake_quantize<simd::default_arch, round_half_to_even>(x, y, plan, static_cast<float>(p.qmin()),
+                                                                   static_cast<float>(p.qmax()));
+    require_bitwise_equal(y, want, n, "streaming, input offset " + std::to_string(in_off));
+    CHECK(out[0] == -1.0f);
+    CHECK(out[1] == -1.0f);
+    CHECK(out[n + 2] == -1.0f);  // nothing written past the end
+  }
 }
