@@ -853,3 +853,195 @@ TEST_CASE("gptq one layer: outputs, groups, act order, errors recomputed from th
     CHECK_FALSE(exists(path("gq_bad/report.json")));
   }
 }
+
+// ---- model bundles: quant eval / quant ptq ---------------------------------------------------
+
+namespace {
+
+// A small BN network as a bundle, written byte by byte: conv 1->4 3x3 (no bias) + BN + ReLU,
+// max-pool 2, depthwise 3x3 + ReLU, flatten, linear 36->3.
+void write_small_bundle(const std::string& d) {
+  ::mkdir(TEST_TMP_DIR, 0755);
+  ::mkdir(dir.c_str(), 0755);
+  ::mkdir(d.c_str(), 0755);
+  std::uint32_t st = 4242u;
+  auto rnd = [&](float lo, float hi) {
+    st = st * 1664525u + 1013904223u;
+    return lo + (hi - lo) * (static_cast<float>(st >> 8) / 16777216.0f);
+  };
+  auto tensor = [&](const std::string& name, std::vector<std::size_t> shape, float lo, float hi) {
+    std::size_t n = 1;
+    for (auto s : shape) n *= s;
+    std::vector<float> v(n);
+    for (auto& x : v) x = rnd(lo, hi);
+    write_f32(d + "/" + name, shape, v);
+  };
+  tensor("c1.weight.npy", {4, 1, 3, 3}, -1.0f, 1.0f);
+  tensor("bn1.weight.npy", {4}, 0.5f, 1.5f);
+  tensor("bn1.bias.npy", {4}, -0.2f, 0.8f);
+  tensor("bn1.running_mean.npy", {4}, -0.3f, 0.3f);
+  tensor("bn1.running_var.npy", {4}, 0.5f, 3.0f);
+  tensor("c2.weight.npy", {4, 1, 3, 3}, -1.0f, 1.0f);
+  tensor("c2.bias.npy", {4}, -0.1f, 0.1f);
+  tensor("fc.weight.npy", {3, 36}, -0.5f, 0.5f);
+  tensor("fc.bias.npy", {3}, -0.1f, 0.1f);
+  std::ofstream(d + "/model.json") << R"({"format": "quant-model", "version": 1, "input_shape": [1, 6, 6], "layers": [
+    {"type": "conv2d", "name": "c1", "weight": "c1.weight.npy", "bias": null, "stride": 1, "padding": 1, "groups": 1},
+    {"type": "batchnorm2d", "name": "bn1", "weight": "bn1.weight.npy", "bias": "bn1.bias.npy",
+     "running_mean": "bn1.running_mean.npy", "running_var": "bn1.running_var.npy", "eps": 1e-5},
+    {"type": "relu"}, {"type": "maxpool2d", "kernel": 2},
+    {"type": "conv2d", "name": "c2", "weight": "c2.weight.npy", "bias": "c2.bias.npy", "padding": 1, "groups": 4},
+    {"type": "relu"}, {"type": "flatten"},
+    {"type": "linear", "name": "fc", "weight": "fc.weight.npy", "bias": "fc.bias.npy"}]})";
+}
+
+std::vector<float> random_images(std::size_t n, std::uint32_t seed) {
+  std::vector<float> v(n * 36);
+  for (auto& x : v) {
+    seed = seed * 1664525u + 1013904223u;
+    x = static_cast<float>(seed >> 8) / 16777216.0f * 2.0f - 0.5f;
+  }
+  return v;
+}
+
+// The line after `prefix` up to the end of that line.
+std::string line_with(const std::string& out, const std::string& prefix) {
+  const auto p = out.find(prefix);
+  if (p == std::string::npos) return "";
+  return out.substr(p, out.find('\n', p + 1) - p);
+}
+
+}  // namespace
+
+TEST_CASE("eval and ptq on a model bundle: accuracy, outputs, and ptq's accuracy reproduced by eval") {
+  const std::string bundle = path("small_bundle");
+  write_small_bundle(bundle);
+  const std::size_t n = 64;
+  write_f32(path("imgs.npy"), {n, 1, 6, 6}, random_images(n, 99));
+  write_f32(path("calib_imgs.npy"), {128, 1, 6, 6}, random_images(128, 7));
+
+  // float logits -> labels: argmax for samples 16.., a wrong class for the first 16
+  auto r = run("eval --model " + bundle + " --input " + path("imgs.npy") + " --logits-out " + path("logits.npy"));
+  INFO(r.output);
+  REQUIRE(r.code == 0);
+  const npy lg = read_npy(path("logits.npy"));
+  CHECK(lg.shape == "(64, 3)");
+  const auto logits = lg.as<float>();
+  REQUIRE(logits.size() == n * 3);
+  std::vector<std::uint8_t> y8(n);
+  std::vector<std::int64_t> y64(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    const float* l = logits.data() + 3 * i;
+    const std::size_t a = static_cast<std::size_t>(std::max_element(l, l + 3) - l);
+    y8[i] = static_cast<std::uint8_t>(i < 16 ? (a + 1) % 3 : a);
+    y64[i] = y8[i];
+  }
+  write_npy_bytes(path("y8.npy"), "|u1", {n}, y8.data(), n);
+  write_npy_bytes(path("y64.npy"), "<i8", {n}, y64.data(), n * 8);
+
+  SECTION("eval prints the top-1 accuracy for uint8 and int64 labels") {
+    for (const char* y : {"y8.npy", "y64.npy"}) {
+      r = run("eval --model " + bundle + " --input " + path("imgs.npy") + " --labels " + path(y));
+      INFO(r.output);
+      CHECK(r.code == 0);
+      CHECK_THAT(r.output, Catch::Contains("top-1 accuracy: 75.00% (48/64)"));
+    }
+  }
+
+  SECTION("ptq writes a quantized bundle whose eval accuracy is exactly the reported one") {
+    const std::string out = path("small_q");
+    std::system(("rm -rf " + out).c_str());
+    r = run("ptq --model " + bundle + " --calib " + path("calib_imgs.npy") + " --eval " + path("imgs.npy") +
+            " --labels " + path("y64.npy") + " -o " + out +
+            " --weight-bits 4 --act-bits 6 --cle --bias-absorption --bias-correction empirical --act-observer mse");
+    INFO(r.output);
+    REQUIRE(r.code == 0);
+    CHECK_THAT(r.output, Catch::Contains("float top-1 accuracy: 75.00% (48/64)"));
+    for (const char* f : {"model.json", "report.json", "c1.weight.npy", "c1.input.json", "c1.weight.json", "c2.input.json",
+                          "c2.weight.json", "fc.input.json", "fc.weight.json"})
+      CHECK(exists(out + "/" + f));
+    CHECK_FALSE(exists(out + "/bn1.weight.npy"));  // folded
+    const auto rep = read_json(out + "/report.json");
+    CHECK(rep["options"]["weight_bits"] == 4);
+    CHECK(rep["options"]["act_bits"] == 6);
+    CHECK(rep["calibration_samples"] == 128);
+    REQUIRE(rep["layers"].size() == 3);
+    for (const auto& l : rep["layers"]) CHECK(l["bias_correction"] == "empirical");
+    for (const char* stage : {"bn folding", "cle", "bias absorption", "calibration forward", "activation calibration",
+                              "weight quantization", "bias correction", "quantized evaluation"})
+      CHECK(rep["stage_seconds"].contains(stage));
+    // the activation encodings: 6-bit unsigned asymmetric, per tensor
+    const auto enc = read_json(out + "/fc.input.json");
+    CHECK(enc["qmin"] == 0);
+    CHECK(enc["qmax"] == 63);
+    CHECK(enc["granularity"] == "per_tensor");
+    // every stored weight lies on its 4-bit grid
+    const auto w = read_npy(out + "/fc.weight.npy").as<float>();
+    const float s = read_json(out + "/fc.weight.json")["scales"][0].get<float>();
+    for (float v : w) {
+      const float q = v / s;
+      CHECK(std::fabs(q - std::nearbyint(q)) < 1e-4f);
+      CHECK(std::fabs(q) <= 8.0f);
+    }
+    const std::string reported = line_with(r.output, "\ntop-1 accuracy: ").substr(1);
+    REQUIRE(!reported.empty());
+    auto e = run("eval --model " + out + " --input " + path("imgs.npy") + " --labels " + path("y8.npy"));
+    INFO(e.output);
+    CHECK(e.code == 0);
+    CHECK(line_with(e.output, "top-1 accuracy: ") == reported);
+    const double acc = rep["accuracy"].get<double>();
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "top-1 accuracy: %.2f%%", 100.0 * acc);
+    CHECK_THAT(reported, Catch::StartsWith(buf));
+    CHECK(no_leftovers());
+  }
+
+  SECTION("failures exit 1 or 2 and leave no output directory") {
+    const std::string out = path("small_fail");
+    std::system(("rm -rf " + out).c_str());
+    const std::string base = "ptq --model " + bundle + " -o " + out + " --calib ";
+    // malformed bundle: exit 2 naming the file and the field
+    const std::string broken = path("broken_bundle");
+    write_small_bundle(broken);
+    write_f32(broken + "/c2.weight.npy", {4, 2, 3, 3}, std::vector<float>(72, 0.1f));
+    r = run("ptq --model " + broken + " -o " + out + " --calib " + path("calib_imgs.npy"));
+    CHECK(r.code == 2);
+    CHECK_THAT(r.output, Catch::Contains("layers[4].weight"));
+    CHECK_THAT(r.output, Catch::Contains("model.json"));
+    CHECK_FALSE(exists(out));
+    std::remove((broken + "/c2.weight.npy").c_str());
+    r = run("eval --model " + broken + " --input " + path("imgs.npy"));
+    CHECK(r.code == 2);
+    CHECK_THAT(r.output, Catch::Contains("c2.weight.npy"));
+    CHECK_THAT(r.output, Catch::Contains("layers[4].weight"));
+    // data errors: exit 1
+    write_f32(path("bad_shape.npy"), {2, 1, 5, 5}, std::vector<float>(50, 0.0f));
+    r = run(base + path("bad_shape.npy"));
+    CHECK(r.code == 1);
+    CHECK_FALSE(exists(out));
+    r = run(base + path("missing.npy"));
+    CHECK(r.code == 1);
+    write_npy_bytes(path("y_short.npy"), "|u1", {10}, y8.data(), 10);
+    r = run(base + path("calib_imgs.npy") + " --eval " + path("imgs.npy") + " --labels " + path("y_short.npy"));
+    CHECK(r.code == 1);
+    CHECK_THAT(r.output, Catch::Contains("10 labels for 64"));
+    CHECK_FALSE(exists(out));
+    r = run("eval --model " + bundle + " --input " + path("bad_shape.npy"));
+    CHECK(r.code == 1);
+    // usage errors: exit 2
+    r = run(base + path("calib_imgs.npy") + " --bias-absorption");
+    CHECK(r.code == 2);
+    r = run(base + path("calib_imgs.npy") + " --act-bits 33");
+    CHECK(r.code == 2);
+    r = run(base + path("calib_imgs.npy") + " --eval " + path("imgs.npy"));
+    CHECK(r.code == 2);
+    CHECK_FALSE(exists(out));
+    // an existing output directory survives a failed run untouched
+    ::mkdir(out.c_str(), 0755);
+    std::ofstream(out + "/marker") << "keep";
+    r = run(base + path("bad_shape.npy"));
+    CHECK(r.code == 1);
+    CHECK(exists(out + "/marker"));
+    CHECK(no_leftovers());
+  }
+}
