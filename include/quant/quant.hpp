@@ -23,6 +23,8 @@
 #include "im2col.hpp"          // conv lowering
 #include "adaround.hpp"        // AdaRound [BLAS]
 #include "reconstruction.hpp"  // BRECQ / QDrop [BLAS]
+#include "hessian.hpp"       // layer Hessian accumulator 2 X^T X / n [BLAS]
+#include "gptq.hpp"          // GPTQ [BLAS, LAPACK]
 #include "batchnorm_folding.hpp"  // BN folding
 #include "equalization.hpp"       // cross-layer equalization
 #include "bias_absorption.hpp"    // high-bias absorption
