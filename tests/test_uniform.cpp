@@ -282,3 +282,57 @@ TEST_CASE("streaming-store path with its alignment peel, from a misaligned start
     CHECK(out[n + 2] == -1.0f);  // nothing written past the end
   }
 }
+
+TEST_CASE("AIMET clamp-first differs from clamp-last where floor / ceil meet the float bounds", "[uniform][aimet]") {
+  // s = 0.013 (float), int8, z = 0. Clamp-first clamps x to hi = fl(127 s), lo = fl(-128 s),
+  // and in float fl(hi * fl(1/s)) = 126.99999237... < 127, fl(lo * fl(1/s)) = -127.99999237...
+  // So with floor every x >= hi lands on 126 (clamp-last: 127), with ceil every x <= lo on
+  // -127 (clamp-last: -128). Half-way roundings cannot see the difference.
+  const float s = 0.013f, inv = 1.0f / s;
+  const float hi = 127.0f * s, lo = -128.0f * s;
+  REQUIRE(hi * inv < 127.0f);
+  REQUIRE(hi * inv > 126.5f);
+  REQUIRE(lo * inv > -128.0f);
+  const qparams p = qparams::per_tensor(grid::int_signed(8), s, 0);
+  const xt::xarray<float> x = {hi, 5.0f, 1e30f, INFINITY, lo, -5.0f, -1e30f, -INFINITY};
+  SECTION("floor") {
+    const std::vector<int> aimet = {126, 126, 126, 126, -128, -128, -128, -128};
+    const std::vector<int> torch = {126, 127, 127, 127, -128, -128, -128, -128};
+    const auto qa = eager::quantize<std::int8_t, round_floor, aimet_convention>(x, p);
+    const auto qt = eager::quantize<std::int8_t, round_floor, pytorch_convention>(x, p);
+    const xt::xarray<std::int8_t> qa_lazy = quant::quantize<std::int8_t, round_floor, aimet_convention>(x, p);
+    const auto ya = eager::fake_quantize<round_floor, aimet_convention>(x, p);
+    for (std::size_t i = 0; i < x.size(); ++i) {
+      INFO("x = " << x(i));
+      CHECK(int(qa(i)) == aimet[i]);
+      CHECK(int(qa_lazy(i)) == aimet[i]);
+      CHECK(int(qt(i)) == torch[i]);
+      CHECK(ya(i) == static_cast<float>(aimet[i]) * s);
+    }
+  }
+  SECTION("ceil") {
+    const std::vector<int> aimet = {127, 127, 127, 127, -127, -127, -127, -127};
+    const std::vector<int> torch = {127, 127, 127, 127, -127, -128, -128, -128};
+    const auto qa = eager::quantize<std::int8_t, round_ceil, aimet_convention>(x, p);
+    const auto qt = eager::quantize<std::int8_t, round_ceil, pytorch_convention>(x, p);
+    const auto ya = eager::fake_quantize<round_ceil, aimet_convention>(x, p);
+    for (std::size_t i = 0; i < x.size(); ++i) {
+      INFO("x = " << x(i));
+      CHECK(int(qa(i)) == aimet[i]);
+      CHECK(int(qt(i)) == torch[i]);
+      CHECK(ya(i) == static_cast<float>(aimet[i]) * s);
+    }
+  }
+  SECTION("4 bits, z = -3, floor: the clamp-first top is qmax - 1") {
+    const qparams p4 = qparams::per_tensor(grid::int_signed(4), s, -3);
+    const float hi4 = 10.0f * s;  // (qmax - z) s
+    REQUIRE(hi4 * inv < 10.0f);
+    const xt::xarray<float> x4 = {hi4, 1.0f, INFINITY};
+    const auto qa = eager::quantize<std::int8_t, round_floor, aimet_convention>(x4, p4);
+    const auto qt = eager::quantize<std::int8_t, round_floor, pytorch_convention>(x4, p4);
+    for (std::size_t i = 0; i < x4.size(); ++i) {
+      CHECK(int(qa(i)) == 6);
+      CHECK(int(qt(i)) == (i == 0 ? 6 : 7));
+    }
+  }
+}
