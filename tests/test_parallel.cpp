@@ -5,6 +5,10 @@
 #include <quant/reference/uniform.hpp>
 #include <quant/uniform.hpp>
 
+#include <cstdlib>
+#include <string>
+#include <thread>
+
 #include <xtensor/xadapt.hpp>
 
 #include "test_helpers.hpp"
@@ -140,5 +144,60 @@ TEST_CASE("eager quantize is bit-identical for 1 and 2 threads", "[parallel][uni
   for (int t : {1, 2}) {
     thread_cap cap(t);
     CHECK_THROWS_WITH(eager::quantize<std::int8_t>(with_nan, p), Catch::Contains("1 NaN values"));
+  }
+}
+
+#if defined(__GNUC__) && defined(__ELF__)
+extern "C" void openblas_set_num_threads(int) __attribute__((weak));
+#endif
+// A plain CBLAS call, so that the test links the BLAS that quant::blas names (with
+// --as-needed an unused BLAS would not be loaded, and the scope would have nothing to see).
+extern "C" float cblas_sdot(int n, const float* x, int incx, const float* y, int incy);
+
+TEST_CASE("beside a threaded pthreads BLAS, quant's loops run serially only while OpenMP workers spin",
+          "[parallel][blas]") {
+  // The rule of detail::beside_blas (docs/threading.md), restated from the environment and
+  // OpenBLAS's own answers.
+  const char* policy = std::getenv("OMP_WAIT_POLICY");
+  const char* spincount = std::getenv("GOMP_SPINCOUNT");
+  const bool passive = (policy && (std::string(policy) == "passive" || std::string(policy) == "PASSIVE")) ||
+                       (spincount && std::string(spincount) == "0");
+  const float v[3] = {1.0f, 2.0f, 3.0f};
+  REQUIRE(cblas_sdot(3, v, 1, v, 1) == 14.0f);
+  thread_cap cap(2);
+  const int outside = num_threads();
+#if defined(__GNUC__) && defined(__ELF__)
+  if (&openblas_set_num_threads != nullptr) openblas_set_num_threads(2);
+#endif
+  const bool threaded_blas = detail::blas_pthreads() > 1;
+  SECTION("the scope caps this thread and restores the cap when it ends") {
+    {
+      const detail::beside_blas scope;
+      CHECK(num_threads() == (!passive && threaded_blas ? 1 : outside));
+      {
+        const detail::beside_blas nested;
+        CHECK(num_threads() == (!passive && threaded_blas ? 1 : outside));
+      }
+      CHECK(num_threads() == (!passive && threaded_blas ? 1 : outside));
+    }
+    CHECK(num_threads() == outside);
+  }
+  SECTION("other threads keep their thread count") {
+    const detail::beside_blas scope;
+    int seen = -1;
+    std::thread t([&] { seen = num_threads(); });
+    t.join();
+    CHECK(seen == outside);
+  }
+  SECTION("results inside the scope are the serial results") {
+    const std::size_t n = (std::size_t(1) << 17) + 5;
+    const auto x = quant_test::normal_floats(n, 11);
+    xt::xarray<float> xa = xt::adapt(x, std::vector<std::size_t>{n});
+    const qparams p = qparams::per_tensor(grid::int_signed(4), 0.07f, 1);
+    const xt::xarray<float> serial = with_threads(1, [&] { return xt::xarray<float>(eager::fake_quantize(xa, p)); });
+    set_num_threads(2);
+    const detail::beside_blas scope;
+    const xt::xarray<float> inside = eager::fake_quantize(xa, p);
+    require_bitwise_equal(inside, serial, n, "fake_quantize inside beside_blas");
   }
 }

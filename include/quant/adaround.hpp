@@ -1107,6 +1107,7 @@ class adaround_optimizer {
   // One iteration (no-op once done()).
   void step() {
     if (done()) return;
+    const detail::beside_blas blas_scope;  // quant's loops beside BLAS threads (docs/threading.md)
     const std::size_t B = opt_.batch_size, out = yb_.shape()[1];
     detail::sample_rows(perm_, B, opt_.seed, k_);
     detail::gather_rows(*x_hat_, perm_.data(), B, xb_);

@@ -138,6 +138,7 @@ inline void assign_gemm(const float* x, std::size_t n, std::size_t d, const floa
   const std::size_t chunk = std::max<std::size_t>(256, std::min<std::size_t>(8192, (std::size_t(1) << 22) / k));
   const auto C = xt::adapt(c, k * d, xt::no_ownership(), std::vector<std::size_t>{k, d});
   xt::xtensor<float, 2> G;
+  const beside_blas blas_scope;  // quant's loops beside BLAS threads (docs/threading.md)
   for (std::size_t i0 = 0; i0 < n; i0 += chunk) {
     const std::size_t m = std::min(chunk, n - i0);
     const auto X = xt::adapt(x + i0 * d, m * d, xt::no_ownership(), std::vector<std::size_t>{m, d});

@@ -512,6 +512,7 @@ struct block_engine {
     xt::xtensor<float, 2> fb = xt::xtensor<float, 2>::from_shape({B, out_f});
     xt::xtensor<float, 2> dy = xt::xtensor<float, 2>::from_shape({B, out_f});
 
+    const beside_blas blas_scope;  // quant's loops beside BLAS threads (docs/threading.md)
     for (std::size_t k = 0; k < opt.iterations; ++k) {
       sample_rows(perm, B, opt.seed, k);
       gather_rows(xq_in, perm.data(), B, xb);

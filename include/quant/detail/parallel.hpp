@@ -7,13 +7,29 @@
 // Threads come from OpenMP when the user compiles with it (-fopenmp); otherwise every loop
 // is serial. quant::set_num_threads(n) caps them (0 = OpenMP's default). BLAS is never
 // called inside these loops (OpenBLAS + OpenMP oversubscribe a small machine).
+//
+// Beside a threaded BLAS: algorithms that alternate their own passes with BLAS calls
+// (AdaRound, block reconstruction, k-means on its GEMM path) hold a detail::beside_blas
+// scope, which runs quant's loops on one thread while OpenMP's idle workers spin
+// (libgomp's default wait policy: each worker keeps spinning for a while after every
+// parallel region, longer than a layer's GEMM) and a pthreads OpenBLAS runs several
+// threads of its own; otherwise both libraries' threads compete for the same cores.
+// With OMP_WAIT_POLICY=passive (or GOMP_SPINCOUNT=0), a single-threaded or OpenMP
+// OpenBLAS, or another BLAS, the scope changes nothing. See docs/threading.md.
 #pragma once
 
 #include <cstddef>
+#include <cstdlib>
 #include <vector>
 
 #if defined(_OPENMP)
 #include <omp.h>
+#endif
+
+#if defined(__GNUC__) && defined(__ELF__)
+// OpenBLAS's run-time queries, when the program links OpenBLAS (null otherwise).
+extern "C" int openblas_get_num_threads(void) __attribute__((weak));
+extern "C" int openblas_get_parallel(void) __attribute__((weak));
 #endif
 
 namespace quant {
@@ -22,6 +38,11 @@ namespace detail {
 inline int& thread_limit() noexcept {
   static int limit = 0;
   return limit;
+}
+// Cap set by a beside_blas scope on this thread (0 = none).
+inline int& beside_blas_cap() noexcept {
+  thread_local int cap = 0;
+  return cap;
 }
 // Pieces below this size are not worth a thread.
 constexpr std::size_t parallel_min_elements = std::size_t(1) << 16;
@@ -34,13 +55,61 @@ inline void set_num_threads(int n) noexcept { detail::thread_limit() = n < 0 ? 0
 inline int num_threads() noexcept {
 #if defined(_OPENMP)
   const int limit = detail::thread_limit();
-  return limit > 0 ? limit : omp_get_max_threads();
+  const int threads = limit > 0 ? limit : omp_get_max_threads();
+  const int cap = detail::beside_blas_cap();
+  return cap > 0 && cap < threads ? cap : threads;
 #else
   return 1;
 #endif
 }
 
 namespace detail {
+
+// True unless the environment libgomp read at start-up makes its idle workers sleep at
+// once: OMP_WAIT_POLICY=passive (any case) or GOMP_SPINCOUNT=0.
+inline bool openmp_workers_spin() noexcept {
+  static const bool spin = [] {
+    if (const char* p = std::getenv("OMP_WAIT_POLICY")) {
+      const char* want = "passive";
+      std::size_t i = 0;
+      while (p[i] && want[i] && (p[i] | 0x20) == want[i]) ++i;
+      if (want[i] == '\0' && p[i] == '\0') return false;
+    }
+    if (const char* c = std::getenv("GOMP_SPINCOUNT")) {
+      char* end = nullptr;
+      if (std::strtoull(c, &end, 10) == 0 && end != c) return false;
+    }
+    return true;
+  }();
+  return spin;
+}
+
+// Threads of a pthreads OpenBLAS (a pool of its own, beside OpenMP's); 1 for an OpenMP or
+// sequential OpenBLAS, another BLAS, or none.
+inline int blas_pthreads() noexcept {
+#if defined(__GNUC__) && defined(__ELF__)
+  if (&::openblas_get_parallel != nullptr && &::openblas_get_num_threads != nullptr && ::openblas_get_parallel() == 1)
+    return ::openblas_get_num_threads();
+#endif
+  return 1;
+}
+
+// Held by an algorithm that alternates quant's loops with BLAS calls: while it lives, this
+// thread's quant loops run serially if OpenMP's workers would spin beside a threaded
+// pthreads BLAS (see the header comment). Results do not change: they are identical for
+// any thread count.
+class beside_blas {
+ public:
+  beside_blas() noexcept : saved_(beside_blas_cap()) {
+    if (openmp_workers_spin() && blas_pthreads() > 1) beside_blas_cap() = 1;
+  }
+  ~beside_blas() { beside_blas_cap() = saved_; }
+  beside_blas(const beside_blas&) = delete;
+  beside_blas& operator=(const beside_blas&) = delete;
+
+ private:
+  int saved_;
+};
 
 // Calls f(t) for t in [0, count). Parallel only when total_elements is large enough.
 template <class F>
