@@ -40,6 +40,7 @@
 #include <quant/uniform.hpp>
 #include <xtensor/xadapt.hpp>
 
+#include "../common/openmp_wait_policy.hpp"
 #include "cli_common.hpp"
 #include "cmd_gptq.hpp"
 #include "cmd_eval.hpp"
@@ -460,6 +461,7 @@ int run_pq(const pq_cmd& c) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  examples::use_passive_openmp_waits(argv);
   CLI::App app{"quant: quantize NumPy .npy files (float32/float64 in) with the quant library.\n"
                "Exit status: 0 success, 1 bad data, 2 usage error."};
   app.require_subcommand(1);
