@@ -17,6 +17,7 @@
 
 #include <xtensor/xtensor.hpp>
 
+#include "config.hpp"
 #include "detail/parallel.hpp"
 #include "error.hpp"
 
