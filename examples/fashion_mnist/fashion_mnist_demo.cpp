@@ -20,6 +20,7 @@
 #include <CLI/CLI.hpp>
 
 #include "../common/idx_reader.hpp"
+#include "../common/openmp_wait_policy.hpp"
 #include "methods.hpp"
 #include "report.hpp"
 #include "trainer.hpp"
@@ -72,6 +73,7 @@ network trained_network(const std::string& name, const std::vector<layer_spec>& 
 }  // namespace
 
 int main(int argc, char** argv) {
+  examples::use_passive_openmp_waits(argv);  // docs/threading.md
   demo_options o;
   CLI::App app{"quant: Fashion-MNIST post-training quantization and QAT demo"};
   app.add_option("--data", o.data_dir, "directory with the Fashion-MNIST IDX files (.gz or plain)")
