@@ -12,6 +12,8 @@
 #include <string>
 #include <vector>
 
+#include <xtensor/xview.hpp>
+
 #include <catch2/catch.hpp>
 
 namespace {
@@ -189,6 +191,20 @@ TEST_CASE("integer GEMM accumulators reach the int32 bounds without overflow", "
     for (auto v : quant::integer_gemm_s32(x, 0, pw)) REQUIRE(v == 2147467264);
     for (auto v : quant::integer_gemm_s32<quant::simd::scalar>(x, 0, pw)) REQUIRE(v == 2147467264);
   }
+  SECTION("int4 weights: the int16 partial sums of the vpmaddubsw tile at their bound") {
+    // 8 quads of 255 x -8 = -32640 per int16 lane before each widening; K not a multiple of 32
+    const std::size_t k = 4099;
+    const xt::xtensor<std::int8_t, 2> w = xt::xtensor<std::int8_t, 2>(std::array<std::size_t, 2>{out, k}, -8);
+    const auto p4 = quant::pack_weights_int4(w);
+    const xt::xtensor<std::uint8_t, 2> xu = xt::xtensor<std::uint8_t, 2>(std::array<std::size_t, 2>{n, k}, 255);
+    const xt::xtensor<std::int8_t, 2> xs = xt::xtensor<std::int8_t, 2>(std::array<std::size_t, 2>{n, k}, 127);
+    for (auto v : quant::integer_gemm_s32(xu, 0, p4)) REQUIRE(v == -8 * 255 * 4099);
+    for (auto v : quant::integer_gemm_s32<quant::simd::scalar>(xu, 0, p4)) REQUIRE(v == -8 * 255 * 4099);
+    for (auto v : quant::integer_gemm_s32(xs, -128, p4)) REQUIRE(v == -8 * 255 * 4099);
+    for (auto v : quant::integer_gemm_s32(xs, 0, p4)) REQUIRE(v == -8 * 127 * 4099);
+    const xt::xtensor<std::uint8_t, 2> x1 = xt::view(xu, xt::range(0, 1), xt::all());  // GEMV
+    for (auto v : quant::integer_gemm_s32(x1, 0, p4)) REQUIRE(v == -8 * 255 * 4099);
+  }
   SECTION("a bias that takes the accumulator to INT32_MAX exactly") {
     const std::size_t k = 1000;
     const xt::xtensor<std::uint8_t, 2> x = xt::xtensor<std::uint8_t, 2>(std::array<std::size_t, 2>{n, k}, 255);
@@ -209,7 +225,9 @@ TEST_CASE("int4 weights give the same accumulators as the same values in int8", 
   const auto x = as_matrix(random_ints<std::uint8_t>(n * k, 0, 255, 6), n, k);
   const auto as8 = quant::pack_weights(w.data(), out, k);
   const auto as4 = quant::pack_weights_int4(w.data(), out, k);
-  REQUIRE(as4.bytes.size() * 2 == as8.bytes.size());
+  // half a byte per weight: 3 blocks of 16 channels, K padded to 304 (8-bit: 302)
+  REQUIRE(as4.bytes.size() == 3 * 16 * 304 / 2);
+  REQUIRE(as8.bytes.size() == 3 * 16 * 302);
   // the export format: element 2j in the low nibble of byte j (quant::pack_int4)
   const auto nibbles = quant::pack_int4(w.data(), w.size(), quant::grid::int_signed(4));
   const auto from_export = quant::pack_weights_int4(nibbles, out, k);

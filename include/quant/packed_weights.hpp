@@ -13,15 +13,15 @@
 // Packing is exact and reversible: unpack_weights(pack_weights(w)) == w.
 //
 // Kernel layout (internal to quant: engines should keep the row-major source for export).
-// Channels are grouped in blocks of 16 (the last block padded with zero rows), K is padded
-// to an even length with zeros, and each block is stored as K/2 consecutive "k-pair" steps:
-//   8-bit: 32 bytes per step p: byte 16h + 2i + e = Wq[16b + 8h + i, 2p + e]   (h, e in {0,1}, i < 8)
-//   4-bit: 16 bytes per step p: byte 2i + e holds Wq[16b + i, 2p + e] in its LOW nibble and
-//          Wq[16b + 8 + i, 2p + e] in its HIGH nibble (4-bit two's complement).
-// So sign-extending 16 bytes to int16 gives the weights of 8 channels x 2 taps in the
-// order of the (channel, tap) pairs a pairwise int16 multiply-add consumes; for 4 bits, an
-// arithmetic right shift by 4 yields the high nibbles and a left-then-right shift by 12 the
-// low ones (the nibble sign extension happens inside the shifts).
+// Channels are grouped in blocks of 16 (the last block padded with zero rows); K is padded
+// with zeros to a multiple of 2 (8-bit) or 4 (4-bit); each block is stored step by step:
+//   8-bit: 32 bytes per pair of taps p: byte 16h + 2i + e = Wq[16b + 8h + i, 2p + e]
+//          (h, e in {0,1}, i < 8): sign-extending 16 bytes to int16 gives 8 channels x 2
+//          taps in the order a pairwise int16 multiply-add (vpmaddwd) consumes.
+//   4-bit: 32 bytes per quad of taps q: byte 4i + e holds Wq[16b + i, 4q + e] + 8 in its LOW
+//          nibble and Wq[16b + 8 + i, 4q + e] + 8 in its HIGH nibble (e < 4, i < 8; offset
+//          binary: nibble 8 is 0): masking a nibble and subtracting 8 gives int8 weights of
+//          8 channels x 4 taps in the order of vpmaddubsw + vpmaddwd.
 //
 // The 4-bit source format accepted by pack_weights_int4 is quant's export order
 // (export.hpp): element 2j of the row-major [out, K] tensor in the low nibble of byte j.
@@ -49,7 +49,11 @@ struct packed_weights {
   std::vector<std::int64_t> row_sums;     // [out]: sum_k Wq[o, k]
   std::vector<std::int64_t> abs_row_sums; // [out]: sum_k |Wq[o, k]|
 
-  std::size_t k_padded() const noexcept { return k + (k & 1); }
+  // K rounded up to the kernel's step: 2 taps (8-bit) or 4 taps (4-bit).
+  std::size_t k_padded() const noexcept {
+    const std::size_t step = bits == 8 ? 2 : 4;
+    return (k + step - 1) / step * step;
+  }
   std::size_t blocks() const noexcept { return (out + block - 1) / block; }
   // Bytes of one block of 16 channels.
   std::size_t block_bytes() const noexcept { return block * k_padded() * static_cast<std::size_t>(bits) / 8; }
@@ -71,9 +75,8 @@ struct packed_position {
 };
 inline packed_position packed_position_of(const packed_weights& p, std::size_t o, std::size_t j) noexcept {
   const std::size_t b = o / packed_weights::block, c = o % packed_weights::block;
-  const std::size_t step = j / 2, e = j % 2;
-  if (p.bits == 8) return {b * p.block_bytes() + step * 32 + 16 * (c / 8) + 2 * (c % 8) + e, -1};
-  return {b * p.block_bytes() + step * 16 + 2 * (c % 8) + e, static_cast<int>(c / 8)};
+  if (p.bits == 8) return {b * p.block_bytes() + (j / 2) * 32 + 16 * (c / 8) + 2 * (c % 8) + j % 2, -1};
+  return {b * p.block_bytes() + (j / 4) * 32 + 4 * (c % 8) + j % 4, static_cast<int>(c / 8)};
 }
 
 inline packed_weights pack_weights_from_values(const std::int8_t* w, std::size_t out, std::size_t k, int bits,
@@ -83,7 +86,7 @@ inline packed_weights pack_weights_from_values(const std::int8_t* w, std::size_t
   p.out = out;
   p.k = k;
   p.bits = bits;
-  p.bytes.assign(p.blocks() * p.block_bytes(), 0);
+  p.bytes.assign(p.blocks() * p.block_bytes(), bits == 8 ? 0 : 0x88);  // padding holds 0
   p.row_sums.assign(out, 0);
   p.abs_row_sums.assign(out, 0);
   const int lo = bits == 8 ? -128 : -8, hi = bits == 8 ? 127 : 7;
@@ -100,8 +103,9 @@ inline packed_weights pack_weights_from_values(const std::int8_t* w, std::size_t
       const packed_position pos = packed_position_of(p, o, j);
       if (pos.nibble < 0)
         p.bytes[pos.byte] = static_cast<std::uint8_t>(v);
-      else
-        p.bytes[pos.byte] |= static_cast<std::uint8_t>((v & 0xF) << (4 * pos.nibble));
+      else  // offset binary: v + 8 in [0, 15]
+        p.bytes[pos.byte] = static_cast<std::uint8_t>((p.bytes[pos.byte] & (0xF0 >> (4 * pos.nibble))) |
+                                                      ((v + 8) << (4 * pos.nibble)));
     }
     p.row_sums[o] = s;
     p.abs_row_sums[o] = a;
@@ -163,8 +167,7 @@ inline xt::xtensor<std::int8_t, 2> unpack_weights(const packed_weights& p) {
       if (pos.nibble < 0) {
         v = static_cast<std::int8_t>(byte);
       } else {
-        const int nib = (byte >> (4 * pos.nibble)) & 0xF;
-        v = nib >= 8 ? nib - 16 : nib;
+        v = ((byte >> (4 * pos.nibble)) & 0xF) - 8;
       }
       w(o, j) = static_cast<std::int8_t>(v);
     }
