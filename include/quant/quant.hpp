@@ -21,6 +21,9 @@
 #include "kmeans.hpp"          // k-means [BLAS]
 #include "pq.hpp"              // product quantization, iPQ [BLAS]
 #include "im2col.hpp"          // conv lowering
+#include "packed_weights.hpp"  // int8 / int4 weights packed for the integer GEMM
+#include "integer_gemm.hpp"    // int8 / int4 GEMM, exact int32 accumulation, fused requantization
+#include "integer_im2col.hpp"  // im2col of quantized activations, padded with the zero point
 #include "adaround.hpp"        // AdaRound [BLAS]
 #include "reconstruction.hpp"  // BRECQ / QDrop [BLAS]
 #include "hessian.hpp"       // layer Hessian accumulator 2 X^T X / n [BLAS]
