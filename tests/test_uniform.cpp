@@ -336,3 +336,27 @@ TEST_CASE("AIMET clamp-first differs from clamp-last where floor / ceil meet the
     }
   }
 }
+
+TEST_CASE("a scale whose reciprocal overflows is rejected; the smallest accepted one quantizes 0 to 0",
+          "[qparams][errors]") {
+  // Found by fuzz_uniform: s = 2^-149 (subnormal) was accepted, 1/s = inf in float, and
+  // x = 0 became 0 * inf = NaN: fake-quant returned NaN and quantize threw "NaN" for NaN-free input.
+  const float tiny = std::numeric_limits<float>::denorm_min();
+  REQUIRE(std::isinf(1.0f / tiny));
+  CHECK_THROWS_WITH(qparams::per_tensor(grid::int_signed(8), tiny), Catch::Contains("1/scale overflows"));
+  CHECK_THROWS_AS(qparams::per_channel(grid::int_signed(8), {0.5f, 1e-39f}, 0), quant::invalid_argument);
+  // The smallest float whose reciprocal is finite: found by walking down from 1/FLT_MAX.
+  float s = 1.0f / std::numeric_limits<float>::max();
+  while (std::isfinite(1.0f / std::nextafter(s, 0.0f))) s = std::nextafter(s, 0.0f);
+  while (!std::isfinite(1.0f / s)) s = std::nextafter(s, 1.0f);
+  const qparams p = qparams::per_tensor(grid::int_signed(8), s, 3);
+  const xt::xarray<float> x = {0.0f, -0.0f, s, -s, 1.0f, INFINITY};
+  const auto y = eager::fake_quantize(x, p);
+  const auto q = eager::quantize<std::int8_t>(x, p);
+  const std::vector<int> want_q = {3, 3, 4, 2, 127, 127};
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    INFO("x = " << x(i));
+    CHECK(int(q(i)) == want_q[i]);
+    CHECK(y(i) == static_cast<float>(want_q[i] - 3) * s);
+  }
+}

@@ -4,9 +4,9 @@
 //   grid:     bits b in 2..16; signed [-2^(b-1), 2^(b-1)-1] or unsigned [0, 2^b-1];
 //             narrow range drops the lowest value (signed: [-(2^(b-1)-1), 2^(b-1)-1]).
 //   qparams:  one (scale, zero point) per tensor, per channel along an axis, or per group
-//             of g consecutive elements along an axis. Scales are finite and > 0; zero
-//             points are integers on the grid. Everything is validated on construction,
-//             so kernels never check again.
+//             of g consecutive elements along an axis. Scales are finite and > 0 with a
+//             finite float reciprocal (s >= 1/FLT_MAX); zero points are integers on the
+//             grid. Everything is validated on construction, so kernels never check again.
 //   from a range: scale_from_range turns [min, max] into (s, z) with PyTorch's
 //             `_calculate_qparams` arithmetic (float32), the range widened to contain 0,
 //             scale floored at FLT_EPSILON; the symmetric-scale convention is selectable.
@@ -72,8 +72,13 @@ inline std::size_t wrap_axis(std::ptrdiff_t axis, std::size_t ndim, const char* 
   return static_cast<std::size_t>(axis < 0 ? axis + n : axis);
 }
 
+// Kernels multiply by the float reciprocal 1/s, so s must also be large enough for 1/s to be
+// finite (s >= ~2.94e-39, a subnormal): below that, 0 * (1/s) = 0 * inf would turn a zero
+// input into NaN.
 inline void check_scale(float s, const char* function) {
   if (!(std::isfinite(s) && s > 0.0f)) fail<invalid_argument>(function, "scale", s, "must be finite and > 0");
+  if (!std::isfinite(1.0f / s))
+    fail<invalid_argument>(function, "scale", s, "is so small that 1/scale overflows float (needs scale >= 1/FLT_MAX)");
 }
 }  // namespace detail
 
