@@ -2,7 +2,7 @@
 // rounding error onto the columns not yet quantized through the inverse Hessian of the
 // layer's reconstruction loss (Frantar et al. 2022, "GPTQ: Accurate Post-Training
 // Quantization for Generative Pre-trained Transformers", Algorithm 1; built on Optimal
-// Brain Quantization, Frantar & Alistarh 2022, "Optimal Brain Compression").
+// Brain Quantization, Frantar & Alistarh 2022, "Optimal Brain Compression"; docs/gptq.md).
 //
 //   loss        L(W_q) = (1/n) sum_r ||(W - W_q) x_r||^2, each output row o independently
 //   Hessian     H = 2 X^T X / n   (hessian.hpp; conv layers through their im2col rows)
@@ -13,7 +13,7 @@
 //   factor      U upper triangular with H^-1 = U^T U      (computed in double)
 //   sweep       for each column j in sweep order, for every row o:
 //                 q_oj = quantize(w_oj),  e_oj = (w_oj - dequantize(q_oj)) / U_jj,
-//                 w_ok <- w_ok - e_oj U_jk  for all k after j                    (eq. 3-5)
+//                 w_ok <- w_ok - e_oj U_jk  for all k after j
 //   lazy batches columns in blocks of B (default 128): inside a block only the block's
 //               columns are updated; after the block, W[:, end:] -= E U[block, end:] (one
 //               GEMM, E [out, B] the block's e)
@@ -47,8 +47,9 @@
 // Threads: rows are independent inside a block, so the in-block sweep runs over row tiles
 // on quant's threads; BLAS (the lazy-batch GEMM, the SYRK of the Hessian, LAPACK) runs
 // outside any parallel region. Results are bit-identical for any quant thread count; with
-// OpenBLAS they are also identical for any BLAS thread count (its GEMM splits rows and
-// columns of the output, never the summation index; tested).
+// OpenBLAS they are also identical for 1 and 2 BLAS threads (its level-3 routines split the
+// output into blocks, never the summation index; tested, and measured on a 256 x 1152 layer
+// with 8192 rows).
 #pragma once
 
 #include <algorithm>

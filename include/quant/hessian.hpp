@@ -1,5 +1,5 @@
 // quant/hessian.hpp — the Hessian of a linear layer's reconstruction loss, accumulated over
-// calibration batches (the input GPTQ needs; Frantar et al. 2022, "GPTQ", eq. 1-2).
+// calibration batches (the input GPTQ needs; Frantar et al. 2022, "GPTQ"; docs/gptq.md).
 //
 //   layer loss   L(W_q) = (1/n) sum_r ||(W - W_q) x_r||^2,   x_r = row r of X [n, in]
 //   Hessian      H = d^2 L / dw_o^2 = 2 X^T X / n   (the same [in, in] matrix for every
