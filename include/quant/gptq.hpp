@@ -46,7 +46,9 @@
 // double, quant::domain_error names the damp that was tried.
 // Threads: rows are independent inside a block, so the in-block sweep runs over row tiles
 // on quant's threads; BLAS (the lazy-batch GEMM, the SYRK of the Hessian, LAPACK) runs
-// outside any parallel region. Results are bit-identical for any quant thread count; with
+// outside any parallel region. Like AdaRound, the call holds a detail::beside_blas scope
+// (quant's loops on one thread while a multi-threaded OpenBLAS and spinning OpenMP workers
+// would compete for the cores; see detail/parallel.hpp). Results are bit-identical for any quant thread count; with
 // OpenBLAS they are also identical for 1 and 2 BLAS threads (its level-3 routines split the
 // output into blocks, never the summation index; tested, and measured on a 256 x 1152 layer
 // with 8192 rows).
@@ -230,6 +232,7 @@ inline void gptq_check_finite(const float* x, std::size_t n, const char* fn, con
 inline gptq_result gptq_run(const xt::xtensor<float, 2>& W, const hessian_accumulator& acc, const gptq_options& opt,
                             const qparams* user_qp, std::chrono::steady_clock::time_point t0) {
   const char* fn = "gptq_layer";
+  const beside_blas blas_scope;  // the sweep alternates with BLAS: quant's loops beside its threads
   opt.validate(fn);
   const std::size_t out = W.shape()[0], in = W.shape()[1];
   if (out == 0 || in == 0) fail<invalid_argument>(fn, "W.shape()", shape_string(W.shape()), "must be non-empty");
