@@ -550,3 +550,25 @@ TEST_CASE("PyTorch convention rounds zero_point + x * inv_scale once, as PyTorch
   }
   CHECK(tie_cases >= 10);
 }
+
+TEST_CASE("LSQ on an unsigned narrow grid (0 off the grid) matches the reference", "[lsq]") {
+  // Found by fuzz_lsq: the kernel's plan was built from qparams with zero point 0, which is
+  // not on [1, 2^b - 1], so every call threw "qparams::per_tensor: zero_point = 0" although
+  // the parameters are valid LSQ parameters.
+  const std::vector<std::size_t> shape{3, 37};
+  const std::size_t n = 3 * 37;
+  const auto x = quant_test::normal_floats(n, 41, 1.0f, 0.8f);
+  const auto dy = quant_test::normal_floats(n, 42);
+  for (auto conv : {lsq_convention::paper, lsq_convention::pytorch}) {
+    const std::string c = conv == lsq_convention::paper ? "paper" : "pytorch";
+    check_against_reference(x, dy, shape, make_params(grid::int_unsigned(4, true), {0.1f}, {}, std::nullopt, conv),
+                            c + " per tensor, LSQ");
+    check_against_reference(x, dy, shape,
+                            make_params(grid::int_unsigned(3, true), {0.1f, 0.2f, 0.05f}, {}, 0, conv),
+                            c + " per channel, LSQ");
+    check_against_reference(x, dy, shape,
+                            make_params(grid::int_unsigned(4, true), {0.1f}, {conv == lsq_convention::paper ? -0.2f : 3.0f},
+                                        std::nullopt, conv),
+                            c + " per tensor, LSQ+");
+  }
+}

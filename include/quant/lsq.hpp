@@ -167,19 +167,26 @@ lsq_plan make_lsq_plan(const Shape& shape, const lsq_params& p, const char* func
   plan.params = p.scale.size();
   plan.qmin = static_cast<float>(p.grid.qmin());
   plan.qmax = static_cast<float>(p.grid.qmax());
-  // The layout (and the scale and shape validation) comes from an offset-free qparams.
-  const qparams layout = p.channel_axis ? qparams::per_channel(p.grid, p.scale, *p.channel_axis)
-                                        : qparams::per_tensor(p.grid, p.scale[0], 0);
+  // The layout (and the scale and shape validation) comes from an offset-free qparams. Its
+  // zero points are unused; they only have to lie on the grid, which 0 does not when the
+  // grid is unsigned and narrow ([1, 2^b - 1]).
+  const std::int32_t layout_z = std::max<std::int32_t>(0, p.grid.qmin());
+  const qparams layout =
+      p.channel_axis
+          ? qparams::per_channel(p.grid, p.scale, std::vector<std::int32_t>(p.scale.size(), layout_z), *p.channel_axis)
+          : qparams::per_tensor(p.grid, p.scale[0], layout_z);
   plan.seg = make_segment_plan(shape, layout, function);
   const bool torch = p.convention == lsq_convention::pytorch;
   std::vector<float> off(plan.params, 0.0f);
   std::vector<std::int32_t> zf(plan.params, 0);
-  for (std::size_t j = 0; j < plan.params && !p.offset.empty(); ++j) {
+  for (std::size_t j = 0; j < plan.params; ++j) {
+    // No offsets: offset 0, which PyTorch's zero-point rounding clamps onto the grid.
+    const float o = p.offset.empty() ? 0.0f : p.offset[j];
     if (torch) {
-      zf[j] = static_cast<std::int32_t>(torch_forward_zero_point(p.offset[j], plan.qmin, plan.qmax));
-      off[j] = torch_backward_zero_point(p.offset[j], plan.qmin, plan.qmax, !p.channel_axis);
+      zf[j] = static_cast<std::int32_t>(torch_forward_zero_point(o, plan.qmin, plan.qmax));
+      off[j] = torch_backward_zero_point(o, plan.qmin, plan.qmax, !p.channel_axis);
     } else {
-      off[j] = p.offset[j];
+      off[j] = o;
     }
   }
   if (torch) {
