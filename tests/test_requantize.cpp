@@ -359,14 +359,16 @@ TEST_CASE("requantize_one: the TFLite composition and the float-scale formula") 
 namespace {
 
 // Multipliers for `channels` channels: mostly log-uniform in [2^-24, 2^-4] (typical layers),
-// every fourth an exact power of two (ties at every stage), and, with large_ones, every
-// seventh in [2^-1, 2^3] (M >= 1: left shifts).
+// every fourth an exact power of two (ties at every stage), every eleventh in [1/4, 1/2)
+// (shift 1), and, with large_ones, every seventh (and a per-tensor one) in [2^-1, 2^3]
+// (shift 0, and M >= 1: left shifts).
 std::vector<double> test_multipliers(std::size_t channels, std::uint32_t seed, bool large_ones) {
   auto m = random_multipliers(channels, seed, -24.0, -4.0);
   const auto big = random_multipliers(channels, seed + 1, -1.0, 3.0);
   for (std::size_t c = 0; c < channels; ++c) {
     if (c % 4 == 1) m[c] = std::ldexp(1.0, -int(2 + c % 20));
-    if (large_ones && c % 7 == 3) m[c] = big[c];
+    if (c % 11 == 5) m[c] = 0.25 + 0.25 * (m[c] * 15.0);  // m[c] <= 2^-4 here: [1/4, 1/2)
+    if (large_ones && (c % 7 == 3 || channels == 1)) m[c] = big[c];
   }
   return m;
 }
@@ -454,6 +456,8 @@ TEST_CASE("AVX2 and scalar requantize are bit-identical: vector body, tails, una
     const auto p = test_params<std::int8_t>(m, r, std::int32_t(rows * 3 + channels));
     const auto acc = test_accumulators(rows, channels, m, std::uint32_t(rows * channels + acc_offset));
     const std::size_t n = acc.size();
+    // all shifts >= 1 selects the fused fixed-point body; M >= 1/2 the general one
+    if (!large) REQUIRE(kernels::requantize_plan(p).all_right_shift == (r == requantization::fixed_point));
     std::vector<std::int32_t> abuf(n + 4);
     for (std::size_t i = 0; i < n; ++i) abuf[acc_offset + i] = acc[i];  // misaligned start inside a buffer
     std::vector<std::int8_t> vbuf(n + 4, 0x55), sbuf(n + 4, 0x55);
@@ -515,24 +519,25 @@ TEST_CASE("AVX2 and scalar requantize are bit-identical: vector body, tails, una
   }
   SECTION("1 and 2 threads give the same bytes (blocks large enough to be split)") {
     for (requantization r : {requantization::fixed_point, requantization::float_scale})
-      for (std::size_t channels : {std::size_t(1), std::size_t(256), std::size_t(1000)}) {
-        const std::size_t rows = 300007 / channels + 1;  // above requantize_parallel_min
-        const auto m = test_multipliers(channels, 5, true);
-        const auto p = test_params<std::int8_t>(m, r, 3);
-        const auto acc = test_accumulators(rows, channels, m, 6);
-        std::vector<std::int8_t> one(acc.size()), two(acc.size()), cm1(acc.size()), cm2(acc.size());
-        set_num_threads(1);
-        requantize(acc.data(), rows, channels, p, one.data());
-        requantize_channel_major(acc.data(), channels, rows, p, cm1.data());
-        set_num_threads(2);
-        requantize(acc.data(), rows, channels, p, two.data());
-        requantize_channel_major(acc.data(), channels, rows, p, cm2.data());
-        set_num_threads(0);
-        REQUIRE(one == two);
-        REQUIRE(cm1 == cm2);
-        const auto want = ref::requantize(acc, channels, p);
-        for (std::size_t i = 0; i < acc.size(); ++i) REQUIRE(int(one[i]) == want[i]);
-      }
+      for (std::size_t channels : {std::size_t(1), std::size_t(256), std::size_t(1000)})
+        for (bool large : {false, true}) {
+          const std::size_t rows = 300007 / channels + 1;  // above requantize_parallel_min
+          const auto m = test_multipliers(channels, 5, large);
+          const auto p = test_params<std::int8_t>(m, r, 3);
+          const auto acc = test_accumulators(rows, channels, m, 6);
+          std::vector<std::int8_t> one(acc.size()), two(acc.size()), cm1(acc.size()), cm2(acc.size());
+          set_num_threads(1);
+          requantize(acc.data(), rows, channels, p, one.data());
+          requantize_channel_major(acc.data(), channels, rows, p, cm1.data());
+          set_num_threads(2);
+          requantize(acc.data(), rows, channels, p, two.data());
+          requantize_channel_major(acc.data(), channels, rows, p, cm2.data());
+          set_num_threads(0);
+          REQUIRE(one == two);
+          REQUIRE(cm1 == cm2);
+          const auto want = ref::requantize(acc, channels, p);
+          for (std::size_t i = 0; i < acc.size(); ++i) REQUIRE(int(one[i]) == want[i]);
+        }
   }
 }
 #endif

@@ -37,8 +37,10 @@
 // Kernels: requantize() over a row-major block acc[rows, channels] (the layout of a layer
 // output [N, out]) and requantize_channel_major() over [channels, cols]; AVX2 bodies (integer
 // intrinsics: xsimd 8.1 has no 32x32->64 multiply) and a scalar body, written once in
-// kernels::requantize_lanes; threads via detail/parallel.hpp with thread-count-independent
-// pieces, so results are identical for every thread count and both paths.
+// kernels::requantize_lanes, plus a fused AVX2 fixed-point body for the usual case M < 1/2
+// (kernels::requantize_fused: one 64-bit addend and one shift instead of the two rounding
+// steps, same results); threads via detail/parallel.hpp with thread-count-independent
+// pieces, so results are identical for every thread count and on every path.
 // For a GEMM epilogue: build a kernels::requantize_plan once, then per register of
 // accumulators call kernels::requantize_lanes<rounding, left_shift>(acc, lanes) with lanes from
 // kernels::load_lanes (one channel per lane) or kernels::broadcast_lanes (one channel for all
@@ -243,10 +245,16 @@ struct requantize_plan {
   requantization rounding = requantization::fixed_point;
   std::size_t channels = 1;     // 1: per tensor
   bool any_left_shift = false;  // some channel has M >= 1 (shift < 0)
+  bool all_right_shift = false; // every channel has shift >= 1 (M < 1/2): the fused AVX2 body applies
   std::int32_t zero_point = 0, lo_minus_z = 0, hi_minus_z = 0;
   float lo_minus_z_f = 0.0f, hi_minus_z_f = 0.0f;
   // fixed point, per channel: q31, left shift l, right shift r, 2^r - 1, 2^(r-1) - 1 (0 for r = 0)
   std::vector<std::int32_t> q31, left, right, mask, half_minus_one;
+  // fused body (all_right_shift): r - 1 per channel, and the 64-bit addends
+  // K+ = 2^30 + 2^(30+r), K- = K+ - 2^31 per channel, in blocks of 8 channels laid out as
+  // [even channels 0 2 4 6, odd channels 1 3 5 7] (the lanes of vpmuldq's products)
+  std::vector<std::int32_t> right_minus_one;
+  std::vector<std::int64_t> addend_plus, addend_minus;
   std::vector<float> scale;  // float scale, per channel
 
   requantize_plan() = default;
@@ -285,6 +293,17 @@ struct requantize_plan {
         half_minus_one[c] = mask[c] >> 1;
         any_left_shift = any_left_shift || left[c] != 0;
       }
+      all_right_shift = true;
+      for (std::size_t c = 0; c < padded; ++c) all_right_shift = all_right_shift && right[c] >= 1;
+      if (all_right_shift) {
+        right_minus_one.resize(padded), addend_plus.resize(padded), addend_minus.resize(padded);
+        for (std::size_t c = 0; c < padded; ++c) {
+          right_minus_one[c] = right[c] - 1;
+          const std::size_t slot = c / 8 * 8 + (c % 2) * 4 + (c % 8) / 2;
+          addend_plus[slot] = (std::int64_t(1) << 30) + (std::int64_t(1) << (30 + right[c]));
+          addend_minus[slot] = addend_plus[slot] - (std::int64_t(1) << 31);
+        }
+      }
     } else {
       scale.resize(padded);
       for (std::size_t c = 0; c < padded; ++c) {
@@ -308,11 +327,15 @@ struct requantize_view {
   const float* scale;
   std::int32_t zero_point, lo_minus_z, hi_minus_z;
   float lo_minus_z_f, hi_minus_z_f;
+  const std::int32_t* right_minus_one;
+  const std::int64_t *addend_plus, *addend_minus;
 };
 
 inline requantize_view view_of(const requantize_plan& p) noexcept {
-  return {p.rounding, p.q31.data(), p.left.data(), p.right.data(), p.mask.data(), p.half_minus_one.data(),
-          p.scale.data(), p.zero_point, p.lo_minus_z, p.hi_minus_z, p.lo_minus_z_f, p.hi_minus_z_f};
+  return {p.rounding,       p.q31.data(),          p.left.data(),         p.right.data(),
+          p.mask.data(),    p.half_minus_one.data(), p.scale.data(),      p.zero_point,
+          p.lo_minus_z,     p.hi_minus_z,          p.lo_minus_z_f,        p.hi_minus_z_f,
+          p.right_minus_one.data(), p.addend_plus.data(), p.addend_minus.data()};
 }
 inline const requantize_view& view_of(const requantize_view& v) noexcept { return v; }
 
@@ -409,6 +432,57 @@ QUANT_ALWAYS_INLINE __m256i rounding_divide_by_pot(__m256i x, __m256i r, __m256i
   const __m256i up = _mm256_cmpgt_epi32(_mm256_and_si256(x, mask), threshold);        // -1 where rounding up
   return _mm256_sub_epi32(_mm256_srav_epi32(x, r), up);
 }
+
+// The fused fixed-point body for shift r >= 1 (requantize_plan::all_right_shift). With
+// p = acc q31 (64-bit) the two roundings collapse into one floor:
+//   rounding_divide_by_pot(floor((p + 2^30) / 2^31), r)
+//     = floor((p + 2^30 + 2^31 (2^(r-1) - [p < 0])) / 2^(31+r))
+// (f + 1 exactly when the remainder t of h = f 2^r + t reaches 2^(r-1) + [h < 0]; nested
+// floors of integer quotients compose; for -2^30 <= p < 0, where [p < 0] and [h < 0]
+// differ, both sides are 0). The addend is K+ or K- = K+ - 2^31 chosen by the sign bit of
+// p (vblendvpd); floor(v / 2^32) is the high half of v, and one vpsravd by r - 1 finishes.
+// |p| < 2^62 and K < 2^61, so v never overflows.
+struct fused_fixed_lanes {
+  __m256i q31, q31_odd, plus_even, plus_odd, minus_even, minus_odd, right_minus_one, lo, hi, zero_point;
+};
+
+// Channels c .. c + 7 with c a multiple of 8 (the tables' block layout).
+QUANT_ALWAYS_INLINE fused_fixed_lanes load_fused_lanes(const requantize_view& t, std::size_t c) noexcept {
+  const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.q31 + c));
+  return {q,
+          _mm256_srli_epi64(q, 32),
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.addend_plus + c)),
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.addend_plus + c + 4)),
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.addend_minus + c)),
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.addend_minus + c + 4)),
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.right_minus_one + c)),
+          _mm256_set1_epi32(t.lo_minus_z),
+          _mm256_set1_epi32(t.hi_minus_z),
+          _mm256_set1_epi32(t.zero_point)};
+}
+
+// Channel c in every lane (the slot of c in its block holds its addends).
+QUANT_ALWAYS_INLINE fused_fixed_lanes broadcast_fused_lanes(const requantize_view& t, std::size_t c) noexcept {
+  const std::size_t slot = c / 8 * 8 + (c % 2) * 4 + (c % 8) / 2;
+  const __m256i q = _mm256_set1_epi32(t.q31[c]);
+  const __m256i plus = _mm256_set1_epi64x(t.addend_plus[slot]), minus = _mm256_set1_epi64x(t.addend_minus[slot]);
+  return {q,     q,     plus, plus, minus, minus, _mm256_set1_epi32(t.right_minus_one[c]), _mm256_set1_epi32(t.lo_minus_z),
+          _mm256_set1_epi32(t.hi_minus_z), _mm256_set1_epi32(t.zero_point)};
+}
+
+QUANT_ALWAYS_INLINE __m256i requantize_fused(__m256i acc, const fused_fixed_lanes& k) noexcept {
+  const __m256i pe = _mm256_mul_epi32(acc, k.q31);
+  const __m256i po = _mm256_mul_epi32(_mm256_srli_epi64(acc, 32), k.q31_odd);
+  const __m256i ke = _mm256_castpd_si256(
+      _mm256_blendv_pd(_mm256_castsi256_pd(k.plus_even), _mm256_castsi256_pd(k.minus_even), _mm256_castsi256_pd(pe)));
+  const __m256i ko = _mm256_castpd_si256(
+      _mm256_blendv_pd(_mm256_castsi256_pd(k.plus_odd), _mm256_castsi256_pd(k.minus_odd), _mm256_castsi256_pd(po)));
+  const __m256i ve = _mm256_add_epi64(pe, ke), vo = _mm256_add_epi64(po, ko);
+  const __m256i high = _mm256_blend_epi32(_mm256_srli_epi64(ve, 32), vo, 0xAA);  // floor(v / 2^32)
+  __m256i q = _mm256_srav_epi32(high, k.right_minus_one);
+  q = _mm256_min_epi32(_mm256_max_epi32(q, k.lo), k.hi);
+  return _mm256_add_epi32(q, k.zero_point);
+}
 #endif
 
 // The requantized integers (already clamped, zero point added) of one pack of accumulators.
@@ -494,7 +568,9 @@ QUANT_ALWAYS_INLINE void store_narrow4(Out* dst, const simd::pack<std::int32_t, 
 
 // One contiguous run of len accumulators. VectorParams: element i uses the plan's channel
 // channel0 + i; else every element uses channel channel0 (per tensor: 0).
-template <requantization Rounding, bool LeftShift, bool VectorParams, class Arch, class Out>
+// Fused: the fused AVX2 fixed-point body (plan.all_right_shift; with VectorParams, channel0
+// a multiple of 8).
+template <requantization Rounding, bool LeftShift, bool VectorParams, class Arch, class Out, bool Fused = false>
 QUANT_ALWAYS_INLINE void requantize_run(const requantize_plan& plan, const std::int32_t* acc, std::size_t len,
                                         std::size_t channel0, Out* out) noexcept {
   constexpr std::size_t L = simd::lanes<std::int32_t, Arch>;
@@ -502,30 +578,43 @@ QUANT_ALWAYS_INLINE void requantize_run(const requantize_plan& plan, const std::
   requantize_view view = view_of(plan);
   view.rounding = Rounding;  // lets the compiler drop the other convention's loads
   auto lanes_at = [&](std::size_t i) QUANT_INLINE_LAMBDA {
-    return VectorParams ? load_lanes<Arch>(view, channel0 + i) : broadcast_lanes<Arch>(view, channel0);
+#if defined(__AVX2__)
+    if constexpr (Fused)
+      return VectorParams ? load_fused_lanes(view, channel0 + i) : broadcast_fused_lanes(view, channel0);
+    else
+#endif
+      return VectorParams ? load_lanes<Arch>(view, channel0 + i) : broadcast_lanes<Arch>(view, channel0);
+  };
+  auto body = [&](const P& a, const auto& k) QUANT_INLINE_LAMBDA -> P {
+#if defined(__AVX2__)
+    if constexpr (Fused)
+      return requantize_fused(a, k);
+    else
+#endif
+      return requantize_lanes<Rounding, LeftShift, Arch>(a, k);
   };
   std::size_t i = 0;
   if constexpr (VectorParams) {
     for (; i + 4 * L <= len; i += 4 * L) {
-      const P r0 = requantize_lanes<Rounding, LeftShift, Arch>(simd::load<Arch>(acc + i), lanes_at(i));
-      const P r1 = requantize_lanes<Rounding, LeftShift, Arch>(simd::load<Arch>(acc + i + L), lanes_at(i + L));
-      const P r2 = requantize_lanes<Rounding, LeftShift, Arch>(simd::load<Arch>(acc + i + 2 * L), lanes_at(i + 2 * L));
-      const P r3 = requantize_lanes<Rounding, LeftShift, Arch>(simd::load<Arch>(acc + i + 3 * L), lanes_at(i + 3 * L));
+      const P r0 = body(simd::load<Arch>(acc + i), lanes_at(i));
+      const P r1 = body(simd::load<Arch>(acc + i + L), lanes_at(i + L));
+      const P r2 = body(simd::load<Arch>(acc + i + 2 * L), lanes_at(i + 2 * L));
+      const P r3 = body(simd::load<Arch>(acc + i + 3 * L), lanes_at(i + 3 * L));
       store_narrow4<Out, Arch>(out + i, r0, r1, r2, r3);
     }
     for (; i + L <= len; i += L)
-      store_narrow<Out, Arch>(out + i, requantize_lanes<Rounding, LeftShift, Arch>(simd::load<Arch>(acc + i), lanes_at(i)));
+      store_narrow<Out, Arch>(out + i, body(simd::load<Arch>(acc + i), lanes_at(i)));
   } else {
-    const requantize_lanes_t<Arch> k = lanes_at(0);
+    const auto k = lanes_at(0);
     for (; i + 4 * L <= len; i += 4 * L) {
-      const P r0 = requantize_lanes<Rounding, LeftShift, Arch>(simd::load<Arch>(acc + i), k);
-      const P r1 = requantize_lanes<Rounding, LeftShift, Arch>(simd::load<Arch>(acc + i + L), k);
-      const P r2 = requantize_lanes<Rounding, LeftShift, Arch>(simd::load<Arch>(acc + i + 2 * L), k);
-      const P r3 = requantize_lanes<Rounding, LeftShift, Arch>(simd::load<Arch>(acc + i + 3 * L), k);
+      const P r0 = body(simd::load<Arch>(acc + i), k);
+      const P r1 = body(simd::load<Arch>(acc + i + L), k);
+      const P r2 = body(simd::load<Arch>(acc + i + 2 * L), k);
+      const P r3 = body(simd::load<Arch>(acc + i + 3 * L), k);
       store_narrow4<Out, Arch>(out + i, r0, r1, r2, r3);
     }
     for (; i + L <= len; i += L)
-      store_narrow<Out, Arch>(out + i, requantize_lanes<Rounding, LeftShift, Arch>(simd::load<Arch>(acc + i), k));
+      store_narrow<Out, Arch>(out + i, body(simd::load<Arch>(acc + i), k));
   }
   if constexpr (L > 1) {  // the tail: the scalar body, same arithmetic
     for (; i < len; ++i) {
@@ -533,6 +622,42 @@ QUANT_ALWAYS_INLINE void requantize_run(const requantize_plan& plan, const std::
       store_narrow<Out, simd::scalar>(
           out + i, requantize_lanes<Rounding, LeftShift, simd::scalar>(acc[i], broadcast_lanes<simd::scalar>(view, c)));
     }
+  }
+}
+
+// Four rows of a per-channel row-major block at once: each pack of channel constants is
+// loaded once and applied to the four rows (a quarter of the table loads of four single-row
+// runs). Same bodies, same results.
+template <requantization Rounding, bool LeftShift, class Arch, class Out, bool Fused = false>
+QUANT_ALWAYS_INLINE void requantize_rows4(const requantize_plan& plan, const std::int32_t* acc, std::size_t channels,
+                                          Out* out) noexcept {
+  constexpr std::size_t L = simd::lanes<std::int32_t, Arch>;
+  requantize_view view = view_of(plan);
+  view.rounding = Rounding;
+  const std::size_t s = channels;
+  std::size_t c = 0;
+  if constexpr (L > 1) {
+    for (; c + L <= channels; c += L) {
+#if defined(__AVX2__)
+      if constexpr (Fused) {
+        const fused_fixed_lanes k = load_fused_lanes(view, c);
+        for (std::size_t j = 0; j < 4; ++j)
+          store_narrow<Out, Arch>(out + j * s + c,
+                                  simd::pack<std::int32_t, Arch>(requantize_fused(simd::load<Arch>(acc + j * s + c), k)));
+        continue;
+      }
+#endif
+      const requantize_lanes_t<Arch> k = load_lanes<Arch>(view, c);
+      for (std::size_t j = 0; j < 4; ++j)
+        store_narrow<Out, Arch>(out + j * s + c,
+                                requantize_lanes<Rounding, LeftShift, Arch>(simd::load<Arch>(acc + j * s + c), k));
+    }
+  }
+  for (; c < channels; ++c) {
+    const requantize_lanes_t<simd::scalar> k = broadcast_lanes<simd::scalar>(view, c);
+    for (std::size_t j = 0; j < 4; ++j)
+      store_narrow<Out, simd::scalar>(out + j * s + c,
+                                      requantize_lanes<Rounding, LeftShift, simd::scalar>(acc[j * s + c], k));
   }
 }
 
@@ -560,6 +685,19 @@ void dispatch_rounding(const requantize_plan& plan, F&& f) {
     f(std::integral_constant<requantization, requantization::fixed_point>{}, std::false_type{});
 }
 
+// dispatch_rounding plus the choice of the fused AVX2 fixed-point body (all shifts >= 1).
+template <class Arch, class F>
+void dispatch_fused(const requantize_plan& plan, F&& f) {
+  dispatch_rounding(plan, [&](auto rounding, auto left) {
+    constexpr bool can_fuse = decltype(rounding)::value == requantization::fixed_point && !decltype(left)::value &&
+                              is_avx2_arch<Arch>;
+    if (can_fuse && plan.all_right_shift)
+      f(rounding, left, std::integral_constant<bool, can_fuse>{});
+    else
+      f(rounding, left, std::false_type{});
+  });
+}
+
 // requantize() on an explicit architecture (tests compare simd::scalar with AVX2).
 template <class Arch, class Out>
 void requantize_with(const std::int32_t* acc, std::size_t rows, std::size_t channels, const requantize_params& p,
@@ -575,22 +713,26 @@ void requantize_with(const std::int32_t* acc, std::size_t rows, std::size_t chan
   check_output_range<Out>(p, fn);
   const std::size_t n = rows * channels;
   if (n == 0) return;
-  dispatch_rounding(plan, [&](auto rounding, auto left) {
+  dispatch_fused<Arch>(plan, [&](auto rounding, auto left, auto fused) {
     constexpr requantization R = decltype(rounding)::value;
-    constexpr bool LS = decltype(left)::value;
+    constexpr bool LS = decltype(left)::value, F = decltype(fused)::value;
     if (plan.channels == 1) {  // per tensor: one flat run
       const std::size_t pieces = (n + requantize_piece - 1) / requantize_piece;
       detail::parallel_for(pieces, parallel_size(n), [&](std::size_t t) {
         const std::size_t b = t * requantize_piece, e = std::min(n, b + requantize_piece);
-        requantize_run<R, LS, false, Arch>(plan, acc + b, e - b, 0, out + b);
+        requantize_run<R, LS, false, Arch, Out, F>(plan, acc + b, e - b, 0, out + b);
       });
-    } else {
+    } else {  // rows start at channel 0: pack starts are multiples of 8, as the fused body needs
       const std::size_t rows_per_piece = std::max<std::size_t>(1, requantize_piece / channels);
       const std::size_t pieces = (rows + rows_per_piece - 1) / rows_per_piece;
       detail::parallel_for(pieces, parallel_size(n), [&](std::size_t t) {
         const std::size_t rb = t * rows_per_piece, re = std::min(rows, rb + rows_per_piece);
-        for (std::size_t r = rb; r < re; ++r)
-          requantize_run<R, LS, true, Arch>(plan, acc + r * channels, channels, 0, out + r * channels);
+        std::size_t r = rb;
+        if constexpr (R == requantization::fixed_point)  // five tables: share their loads across rows
+          for (; r + 4 <= re; r += 4)
+            requantize_rows4<R, LS, Arch, Out, F>(plan, acc + r * channels, channels, out + r * channels);
+        for (; r < re; ++r)
+          requantize_run<R, LS, true, Arch, Out, F>(plan, acc + r * channels, channels, 0, out + r * channels);
       });
     }
   });
@@ -612,13 +754,13 @@ void requantize_channel_major_with(const std::int32_t* acc, std::size_t channels
   const std::size_t n = channels * cols;
   if (n == 0) return;
   const std::size_t per_row = (cols + requantize_piece - 1) / requantize_piece;
-  dispatch_rounding(plan, [&](auto rounding, auto left) {
+  dispatch_fused<Arch>(plan, [&](auto rounding, auto left, auto fused) {
     constexpr requantization R = decltype(rounding)::value;
-    constexpr bool LS = decltype(left)::value;
+    constexpr bool LS = decltype(left)::value, F = decltype(fused)::value;
     detail::parallel_for(channels * per_row, parallel_size(n), [&](std::size_t t) {
       const std::size_t c = t / per_row, b = (t % per_row) * requantize_piece, e = std::min(cols, b + requantize_piece);
-      requantize_run<R, LS, false, Arch>(plan, acc + c * cols + b, e - b, plan.channels == 1 ? 0 : c,
-                                         out + c * cols + b);
+      requantize_run<R, LS, false, Arch, Out, F>(plan, acc + c * cols + b, e - b, plan.channels == 1 ? 0 : c,
+                                                 out + c * cols + b);
     });
   });
 }
