@@ -201,3 +201,26 @@ TEST_CASE("beside a threaded pthreads BLAS, quant's loops run serially only whil
     require_bitwise_equal(inside, serial, n, "fake_quantize inside beside_blas");
   }
 }
+
+TEST_CASE("an OpenMP build runs the pieces in a team of two; a build without OpenMP says its thread tests are trivial",
+          "[parallel]") {
+#if defined(QUANT_TEST_EXPECT_OPENMP) && !defined(_OPENMP)
+  FAIL("QUANT_OPENMP is ON but this file was compiled without OpenMP: every 1-vs-2-thread test here would compare "
+       "a serial run with itself");
+#endif
+#if defined(_OPENMP)
+  thread_cap cap(2);
+  std::vector<int> team(64, 0);
+  detail::parallel_for(team.size(), detail::parallel_min_elements, [&](std::size_t k) { team[k] = omp_get_num_threads(); });
+  for (std::size_t k = 0; k < team.size(); ++k) {
+    INFO("piece " << k);
+    CHECK(team[k] == 2);
+  }
+  set_num_threads(1);
+  detail::parallel_for(team.size(), detail::parallel_min_elements, [&](std::size_t k) { team[k] = omp_get_num_threads(); });
+  CHECK(team[0] == 1);
+#else
+  WARN("built without OpenMP (QUANT_OPENMP=OFF): the 1-vs-2-thread tests run serially and cannot catch threading bugs");
+  CHECK(num_threads() == 1);
+#endif
+}
