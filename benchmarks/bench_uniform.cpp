@@ -2,7 +2,10 @@
 // [256, n/256] and along the last axis of [n/256, 256]) at 1 and 2 threads, and the lazy
 // expression (per tensor: vectorized functor; per channel: broadcast parameters).
 // Inputs and outputs are xtensor containers allocated outside the timed loop, except in
-// benchmarks named "_alloc", which return a fresh container each iteration.
+// benchmarks named "_alloc", which return a fresh container each iteration (their same-run
+// baseline: alloc_memcpy).
+#include <cstring>
+
 #include <quant/uniform.hpp>
 
 #include <xtensor/xnoalias.hpp>
@@ -60,6 +63,20 @@ void fake_quant_eager_per_tensor_alloc(benchmark::State& state) {
   }
   items(state, n);
   quant::set_num_threads(0);
+}
+
+// Same-run baseline for the "_alloc" rows: a fresh container each iteration, filled by
+// memcpy (what any function returning a new tensor of n floats at least costs).
+void alloc_memcpy(benchmark::State& state) {
+  const std::size_t n = static_cast<std::size_t>(state.range(0));
+  auto x = normal_matrix(1, n);
+  for (auto _ : state) {
+    auto y = xt::xtensor<float, 2>::from_shape({std::size_t(1), n});
+    std::memcpy(y.data(), x.data(), n * sizeof(float));
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  items(state, n);
 }
 
 // axis 0 of [256, n/256]: one scale per long row (scalar runs).
@@ -142,6 +159,7 @@ void sizes_and_threads(benchmark::internal::Benchmark* b) {
 BENCHMARK(fake_quant_eager_per_tensor)->Apply(sizes_and_threads)->UseRealTime();
 BENCHMARK(fake_quant_eager_per_channel_axis0)->Apply(sizes_and_threads)->UseRealTime();
 BENCHMARK(fake_quant_eager_per_channel_last)->Apply(sizes_and_threads)->UseRealTime();
+BENCHMARK(alloc_memcpy)->Arg(1L << 20)->Arg(1L << 24)->UseRealTime();
 BENCHMARK(fake_quant_eager_per_tensor_alloc)->Args({1L << 20, 1})->Args({1L << 24, 1})->UseRealTime();
 BENCHMARK(fake_quant_lazy_per_tensor)->Apply(quant_bench::standard_sizes)->UseRealTime();
 BENCHMARK(fake_quant_lazy_per_tensor_alloc)->Args({1L << 20})->Args({1L << 24})->UseRealTime();

@@ -45,6 +45,7 @@
 #include "detail/affine_body.hpp"
 #include "detail/affine_run.hpp"
 #include "detail/contiguous.hpp"
+#include "detail/fresh_buffer.hpp"
 #include "detail/segments.hpp"
 #include "error.hpp"
 #include "qparams.hpp"
@@ -364,6 +365,7 @@ auto fake_quantize(const xt::xexpression<E>& x, const qparams& p, const Round& r
   const auto plan = detail::make_segment_plan(in.shape(), p, "fake_quantize");
   using R = detail::result_container_t<E, float>;
   R out = R::from_shape(in.shape());
+  detail::advise_huge_pages(out.data(), out.size() * sizeof(float));  // before the first write
   kernels::fake_quantize<simd::default_arch, Round, Convention>(in.data(), out.data(), plan,
                                                                  static_cast<float>(p.qmin()),
                                                                  static_cast<float>(p.qmax()), round);
