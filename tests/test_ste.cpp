@@ -229,3 +229,58 @@ TEST_CASE("fake-quant and its mask are bit-identical to PyTorch 1.13", "[ste][un
     require_bitwise_equal(lazy_ste, c["mask"], n, "lazy STE");
   }
 }
+
+namespace {
+template <class Round>
+void check_ste_policy(rounding_mode mode, const std::vector<float>& hand_mask, const Round& r = {}) {
+  // Hand-computed masks: s = 1, z = 0, int4 [-8, 7], x = 7.5, -8.5, 7.2, -8.2.
+  const xt::xarray<float> x = {7.5f, -8.5f, 7.2f, -8.2f};
+  const xt::xarray<float> dy = {1.0f, 2.0f, 3.0f, 4.0f};
+  const qparams p1 = qparams::per_tensor(grid::int_signed(4), 1.0f, 0);
+  const auto got = eager::ste_backward<Round>(x, dy, p1, ste_mode::clipped, r);
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    INFO(Round::name() << " x = " << x(i));
+    CHECK(got(i) == dy(i) * hand_mask[i]);
+  }
+  // Against the reference mask with the same policy, on ties around both grid ends, per
+  // channel, sizes through the vector body and tail.
+  const std::vector<std::size_t> shape{3, 41};
+  auto xv = quant_test::tie_floats(3 * 41, 0.25f, 12);
+  const auto dyv = quant_test::normal_floats(3 * 41, 77);
+  for (std::size_t i = 1; i < xv.size(); i += 4) xv[i] = std::nextafter(xv[i], 0.0f);
+  const qparams p = qparams::per_channel(grid::int_signed(4), {0.25f, 0.5f, 0.125f}, {2, 0, -3}, 0);
+  std::uint64_t seed = 0;
+  if constexpr (Round::is_stochastic) seed = r.seed;
+  const auto mask = ref::ste_mask(xv, shape, p, mode, seed);
+  const auto out = eager::ste_backward<Round>(xt::adapt(xv, shape), xt::adapt(dyv, shape), p, ste_mode::clipped, r);
+  require_bitwise_equal(out, times(dyv, mask), xv.size(), std::string(Round::name()) + " vs ref::ste_mask");
+}
+}  // namespace
+
+TEST_CASE("STE mask with every rounding policy: hand-computed cases and the reference", "[ste][rounding]") {
+  //                                                           7.5  -8.5  7.2  -8.2
+  check_ste_policy<round_half_to_even>(rounding_mode::half_to_even, {0, 1, 1, 1});
+  check_ste_policy<round_half_away_from_zero>(rounding_mode::half_away_from_zero, {0, 0, 1, 1});
+  check_ste_policy<round_half_up>(rounding_mode::half_up, {0, 1, 1, 1});
+  check_ste_policy<round_floor>(rounding_mode::floor, {1, 0, 1, 0});
+  check_ste_policy<round_ceil>(rounding_mode::ceil, {0, 1, 0, 1});
+  check_ste_policy<round_toward_zero>(rounding_mode::toward_zero, {1, 1, 1, 1});
+}
+
+TEST_CASE("stochastic STE mask follows the forward's draws", "[ste][rounding]") {
+  // x = 7.5: rounds to 8 (outside) exactly when u < 0.5, so the mask is 1[u >= 0.5] with
+  // u = the counter uniform of that element; the reference mask uses the same draws.
+  const std::size_t n = 4099;
+  const std::vector<float> xv(n, 7.5f), dyv(n, 1.0f);
+  const qparams p = qparams::per_tensor(grid::int_signed(4), 1.0f, 0);
+  const round_stochastic r{99};
+  const auto out = eager::ste_backward<round_stochastic>(xt::adapt(xv, std::vector<std::size_t>{n}),
+                                                         xt::adapt(dyv, std::vector<std::size_t>{n}), p,
+                                                         ste_mode::clipped, r);
+  const auto mask = ref::ste_mask(xv, {n}, p, rounding_mode::stochastic, 99);
+  require_bitwise_equal(out, mask, n, "stochastic vs ref");
+  double inside = 0;
+  for (std::size_t i = 0; i < n; ++i) inside += out(i);
+  // Bernoulli(1/2): sd = sqrt(n / 4) ~ 32; allow 5 sd.
+  CHECK(std::fabs(inside - n / 2.0) < 5.0 * std::sqrt(n / 4.0));
+}

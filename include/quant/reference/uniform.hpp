@@ -97,13 +97,15 @@ inline std::vector<std::int32_t> quantize(const std::vector<float>& x, const std
   return q;
 }
 
-// Clipped STE mask: 1 where qmin <= round(x * inv_s) + z <= qmax (before clamping).
+// Clipped STE mask: 1 where qmin <= round(x * inv_s) + z <= qmax (before clamping), with
+// the forward's rounding policy (stochastic: the same u(seed, e) as the forward).
 inline std::vector<float> ste_mask(const std::vector<float>& x, const std::vector<std::size_t>& shape,
-                                   const qparams& p) {
+                                   const qparams& p, rounding_mode mode = rounding_mode::half_to_even,
+                                   std::uint64_t seed = 0) {
   std::vector<float> m(x.size());
   for (std::size_t e = 0; e < x.size(); ++e) {
     const affine_element a = element_params(shape, p, e);
-    const float q = std::nearbyint(x[e] * a.inv_s) + a.z;
+    const float q = round_value(x[e] * a.inv_s, mode, seed, e) + a.z;
     m[e] = (q >= a.qmin && q <= a.qmax) ? 1.0f : 0.0f;
   }
   return m;
