@@ -8,12 +8,18 @@
 //    "scales": [...], "zero_points": [...]}
 //
 // `axis` is present for per_channel / per_group, `group_size` for per_group. Reading checks
-// the fields and their types and throws examples::encodings_error naming the file.
+// the fields and their types and throws examples::encodings_error naming the file. Numbers
+// are checked before any conversion: integers (bits, zero points, axis, group size) must be
+// JSON integers within the target type's range (nlohmann's get<int>() would cast 1e30 or
+// 4294967298 silently or with undefined behaviour), scales finite numbers within float range.
 #pragma once
 
 #include <cstddef>
+#include <cfloat>
+#include <cmath>
 #include <cstdint>
 #include <fstream>
+#include <limits>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -58,20 +64,59 @@ inline nlohmann::ordered_json encodings_json(const quant::qparams& p, quant::sch
   return j;
 }
 
+namespace detail {
+
+// A JSON integer within T's range, or encodings_error naming the field and the value.
+template <class T>
+T json_integer(const nlohmann::json& v, const std::string& field, const std::string& where) {
+  if (v.is_number_unsigned()) {
+    const auto u = v.get<std::uint64_t>();
+    if (u <= static_cast<std::uint64_t>(std::numeric_limits<T>::max())) return static_cast<T>(u);
+  } else if (v.is_number_integer()) {
+    const auto i = v.get<std::int64_t>();
+    if (i >= static_cast<std::int64_t>(std::numeric_limits<T>::min()) &&
+        (i < 0 || static_cast<std::uint64_t>(i) <= static_cast<std::uint64_t>(std::numeric_limits<T>::max())))
+      return static_cast<T>(i);
+  } else {
+    throw encodings_error(where + ": " + field + " = " + v.dump() + ": must be an integer");
+  }
+  throw encodings_error(where + ": " + field + " = " + v.dump() + ": out of range");
+}
+
+inline const nlohmann::json& json_array(const nlohmann::json& j, const char* field, const std::string& where) {
+  const auto& a = j.at(field);
+  if (!a.is_array()) throw encodings_error(where + ": " + field + " must be an array");
+  return a;
+}
+
+}  // namespace detail
+
 // The parameters of an encodings document; `where` names it in errors (usually the path).
 inline quant::qparams encodings_from_json(const nlohmann::json& j, const std::string& where) {
   try {
-    const quant::grid g{j.at("bits").get<int>(), j.at("signed").get<bool>(), j.value("narrow", false)};
-    const auto s = j.at("scales").get<std::vector<float>>();
-    const auto z = j.at("zero_points").get<std::vector<std::int32_t>>();
+    const quant::grid g{detail::json_integer<int>(j.at("bits"), "bits", where), j.at("signed").get<bool>(),
+                        j.value("narrow", false)};
+    std::vector<float> s;
+    for (const auto& v : detail::json_array(j, "scales", where)) {
+      if (!v.is_number()) throw encodings_error(where + ": scales: " + v.dump() + " is not a number");
+      const double d = v.get<double>();
+      if (!(std::fabs(d) <= FLT_MAX))
+        throw encodings_error(where + ": scales: " + v.dump() + " is not a finite float");
+      s.push_back(static_cast<float>(d));
+    }
+    std::vector<std::int32_t> z;
+    for (const auto& v : detail::json_array(j, "zero_points", where))
+      z.push_back(detail::json_integer<std::int32_t>(v, "zero_points", where));
     const std::string gran = j.at("granularity").get<std::string>();
     if (gran == "per_tensor") {
       if (s.size() != 1 || z.size() != 1) throw encodings_error(where + ": per_tensor needs one scale and one zero point");
       return quant::qparams::per_tensor(g, s[0], z[0]);
     }
-    if (gran == "per_channel") return quant::qparams::per_channel(g, s, z, j.at("axis").get<std::ptrdiff_t>());
+    if (gran == "per_channel")
+      return quant::qparams::per_channel(g, s, z, detail::json_integer<std::ptrdiff_t>(j.at("axis"), "axis", where));
     if (gran == "per_group")
-      return quant::qparams::per_group(g, s, z, j.at("axis").get<std::ptrdiff_t>(), j.at("group_size").get<std::size_t>());
+      return quant::qparams::per_group(g, s, z, detail::json_integer<std::ptrdiff_t>(j.at("axis"), "axis", where),
+                                       detail::json_integer<std::size_t>(j.at("group_size"), "group_size", where));
     throw encodings_error(where + ": unknown granularity '" + gran + "'");
   } catch (const nlohmann::json::exception& e) {
     throw encodings_error(where + ": not a quant encodings file (" + e.what() + ")");
