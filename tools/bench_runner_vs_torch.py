@@ -13,13 +13,15 @@ checks that their logits agree before timing.
 Timing: the same random inputs [n, ...input_shape], float32, inference mode. torch: eval(),
 torch.inference_mode(), one forward over batches of --batch, best of --repeat, with
 torch.set_num_threads(t). quant: the forward-pass time `quant eval` prints (the run_model
-call, without file I/O), best of --repeat, with OMP_NUM_THREADS=t (quant::num_threads();
+call, without file I/O; its CPU time is the whole process's, an upper bound), best of --repeat,
+with OMP_NUM_THREADS=t (quant::num_threads();
 BLAS pinned to one thread per chunk). t = 1 and 2.
 """
 import argparse
 import json
 import os
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -85,24 +87,30 @@ def torch_from_bundle(d):
 
 
 def time_torch(model, x, batch, threads, repeat):
+    """Best wall time and best CPU time (all threads of this process) of one forward pass."""
     torch.set_num_threads(threads)
-    best = float("inf")
+    best, best_cpu = float("inf"), float("inf")
     with torch.inference_mode():
         for _ in range(repeat):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             outs = [model(x[i:i + batch]) for i in range(0, x.shape[0], batch)]
             best = min(best, time.perf_counter() - t0)
-    return best, torch.cat(outs).numpy()
+            best_cpu = min(best_cpu, time.process_time() - c0)
+    return best, best_cpu, torch.cat(outs).numpy()
 
 
 def time_quant(quant, bundle, xfile, batch, threads, repeat, logits_out):
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    best = float("inf")
+    best, best_cpu = float("inf"), float("inf")
     for _ in range(repeat):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         r = subprocess.run([quant, "eval", "--model", bundle, "--input", xfile, "--batch", str(batch),
                             "--logits-out", logits_out], env=env, capture_output=True, text=True, check=True)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
         best = min(best, float(re.search(r"forward pass ([0-9.]+) s", r.stderr).group(1)))
-    return best
+        # whole process (includes loading the input and writing the logits): an upper bound
+        best_cpu = min(best_cpu, (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime))
+    return best, best_cpu
 
 
 def main():
@@ -126,11 +134,12 @@ def main():
         lfile = os.path.join(tmp, "logits.npy")
         print(f"torch {torch.__version__}, {a.n} samples {tuple(shape)}, batch {a.batch}, best of {a.repeat}")
         for threads in (1, 2):
-            tt, ref = time_torch(model, x, a.batch, threads, a.repeat)
-            tq = time_quant(a.quant, bundle, xfile, a.batch, threads, a.repeat, lfile)
+            tt, ct, ref = time_torch(model, x, a.batch, threads, a.repeat)
+            tq, cq = time_quant(a.quant, bundle, xfile, a.batch, threads, a.repeat, lfile)
             got = np.load(lfile)
             err = np.max(np.abs(got - ref)) / max(1e-6, np.max(np.abs(ref)))
-            print(f"threads {threads}: torch {tt:.3f} s, quant {tq:.3f} s, quant/torch {tq / tt:.2f}"
+            print(f"threads {threads}: wall torch {tt:.3f} s, quant {tq:.3f} s (quant/torch {tq / tt:.2f}); "
+                  f"CPU torch {ct:.3f} s, quant {cq:.3f} s (whole process; quant/torch {cq / ct:.2f})"
                   f"  (max |logit diff| / max |logit| = {err:.1e})")
 
 

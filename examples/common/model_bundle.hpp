@@ -526,12 +526,23 @@ void write_npy_file(const std::string& path, const E& a) {
   write_text_file(path, xt::dump_npy(a));
 }
 
-// Renames `from` onto `to` (a directory that may exist: it is replaced).
+// Whether `to` may be replaced by a new bundle: absent, an empty directory, or a bundle.
+inline void check_replaceable(const std::filesystem::path& to) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (!fs::exists(to, ec)) return;
+  if (!fs::is_directory(to, ec)) throw bundle_error(to.string(), "", "exists and is not a directory");
+  if (fs::is_empty(to, ec) || fs::exists(to / "model.json", ec)) return;
+  throw bundle_error(to.string(), "",
+                     "exists and is neither empty nor a model bundle (no model.json): refusing to replace it");
+}
+
+// Renames `from` onto `to` (absent, empty, or a bundle: it is replaced).
 inline void replace_directory(const std::filesystem::path& from, const std::filesystem::path& to) {
   namespace fs = std::filesystem;
   std::error_code ec;
   if (fs::exists(to)) {
-    if (!fs::is_directory(to)) throw bundle_error(to.string(), "", "exists and is not a directory");
+    check_replaceable(to);
     const fs::path old = to.string() + ".old-" + std::to_string(::getpid());
     fs::rename(to, old, ec);
     if (ec) throw bundle_error(to.string(), "", "cannot move the existing directory aside: " + ec.message());
@@ -550,13 +561,15 @@ inline void replace_directory(const std::filesystem::path& from, const std::file
 }  // namespace detail
 
 // Writes every file of `m` (and the `extra` text files, name -> content, e.g. a report)
-// into `<dir>.tmp-<pid>`, then renames that directory to `dir` (replacing an existing one).
+// into `<dir>.tmp-<pid>`, then renames that directory to `dir`. An existing `dir` is replaced
+// only if it is empty or a bundle (has a model.json); anything else is refused (bundle_error).
 inline void save_model(const model& m, const std::string& dir,
                        const std::vector<std::pair<std::string, std::string>>& extra = {}) {
   namespace fs = std::filesystem;
   validate_model(m, dir);
   fs::path target(dir);
   while (!target.empty() && target.filename().empty()) target = target.parent_path();  // "out/" -> "out"
+  detail::check_replaceable(target);  // before any work
   const fs::path tmp = target.string() + ".tmp-" + std::to_string(::getpid());
   std::error_code ec;
   fs::remove_all(tmp, ec);

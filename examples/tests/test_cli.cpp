@@ -1042,6 +1042,12 @@ TEST_CASE("eval and ptq on a model bundle: accuracy, outputs, and ptq's accuracy
     r = run(base + path("bad_shape.npy"));
     CHECK(r.code == 1);
     CHECK(exists(out + "/marker"));
+    // ... and a directory that is not a bundle is never replaced, even by a good run
+    r = run(base + path("calib_imgs.npy"));
+    CHECK(r.code == 2);
+    CHECK_THAT(r.output, Catch::Contains("refusing to replace"));
+    CHECK(exists(out + "/marker"));
+    CHECK_FALSE(exists(out + "/model.json"));
     CHECK(no_leftovers());
   }
 }

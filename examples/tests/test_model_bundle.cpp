@@ -339,6 +339,14 @@ TEST_CASE("model bundle: save then load gives back the same model", "[model_bund
     for (const auto& e : fs::directory_iterator(fs::path(dir).parent_path()))
       CHECK(e.path().filename().string().find("bundle_roundtrip.") == std::string::npos);
   }
+  SECTION("a directory that is neither empty nor a bundle is never replaced") {
+    const std::string other = tmp_dir("not_a_bundle");
+    fs::create_directories(other);
+    std::ofstream(other + "/notes.txt") << "mine";
+    CHECK_THROWS_WITH(examples::save_model(m, other), Catch::Contains("refusing to replace"));
+    CHECK(fs::exists(other + "/notes.txt"));
+    CHECK(!fs::exists(other + "/model.json"));
+  }
   SECTION("a model that does not validate is not written at all") {
     model bad = m;
     bad.layers[11].weight = random_array({7, 44}, 1);

@@ -11,7 +11,8 @@
 // weight and activation quantizer) plus report.json (options, per-stage seconds, per-layer
 // weight range spread before/after CLE, accuracy). OUT_DIR appears only when everything is
 // written (built beside it under a temporary name, then renamed; an existing OUT_DIR is
-// replaced). Progress on stderr. Exit 2: usage or malformed bundle; 1: bad data.
+// replaced only if it is empty or a bundle). Progress on stderr. Exit 2: usage or malformed
+// bundle; 1: bad data.
 #pragma once
 
 #include <unistd.h>
@@ -91,6 +92,12 @@ class ptq_command : public command {
       labels = load_labels(labels_);
       const auto out_shape = m->output_shape();
       check_labels(labels, ex->shape()[0], examples::shape_size(out_shape), labels_);
+    }
+
+    try {  // fail before the work, not after it
+      examples::detail::check_replaceable(out_dir_);
+    } catch (const examples::bundle_error& e) {
+      throw usage_error(std::string("-o: ") + e.what());
     }
 
     examples::ptq_options o;
