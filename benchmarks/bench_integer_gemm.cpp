@@ -43,6 +43,10 @@
 
 #include "bench_common.hpp"
 
+// OpenBLAS's thread knob, weak: with another BLAS behind cblas.h the rows still build and run
+// (with that BLAS's own threading).
+extern "C" void openblas_set_num_threads(int) __attribute__((weak));
+
 namespace {
 
 using shape_key = std::tuple<long, long, long, long>;  // out, K, N, threads
@@ -74,7 +78,7 @@ struct args {
 
 void set_threads(int t) {
   quant::set_num_threads(t);
-  openblas_set_num_threads(t);
+  if (openblas_set_num_threads) openblas_set_num_threads(t);
 #if defined(_OPENMP)
   omp_set_num_threads(t);  // oneDNN (OpenMP runtime) reads it
 #endif
