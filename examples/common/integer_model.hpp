@@ -1,0 +1,1155 @@
+// examples/common/integer_model.hpp — a quantized model bundle (written by `quant ptq`) turned
+// into an integer model an engine executes, its integer runner, and an exact simulation of it.
+//
+// Export (make_integer_model). For weight layer l with input quantizer (s_in, z_in) (its
+// input_encodings: per tensor, unsigned grid of at most 8 bits), symmetric weight quantizer
+// s_w[o] (per tensor or per output channel, signed grid of at most 8 bits, zero points 0) and
+// the NEXT weight layer's input quantizer (s_out, z_out):
+//   Wq[o, k]   = round(W[o, k] / s_w[o])     (the stored weights are fake-quantized; export
+//                checks float(Wq) * s_w[o] == W bit for bit, so Wq is the integer they came from)
+//   bias_q[o]  = round_half_even(b[o] / (s_in s_w[o]))                  (quant::quantize_bias)
+//   acc[n, o]  = bias_q[o] + sum_k Wq[o, k] (xq[n, k] - z_in)            (int32, exact)
+//   M[o]       = s_in s_w[o] / s_out                                      (double)
+//   yq[n, o]   = requantize(acc[n, o]; M[o], z_out, [lo, hi])            (requantize.hpp)
+// so every layer writes straight onto the grid the next weight layer reads. A relu / relu6
+// right after the layer is folded into [lo, hi] (lo = max(qmin, z_out); relu6 also
+// hi = min(qmax, z_out + round(6 / s_out))). Between two weight layers the integers then pass
+// through
+//   maxpool2d       integer max (quantization is monotone, so max commutes with it exactly;
+//                   padded taps are skipped, as in the float runner)
+//   relu, relu6     clamp to [max(qmin, z), ...] (not directly after a weight layer)
+//   flatten         nothing (NCHW is already C order)
+// Average pooling has no exact counterpart on an 8-bit grid (the mean of grid values is not
+// on the grid, and the pre-pool values need not fit the next layer's range). So when an
+// avgpool2d or global_avgpool lies between two weight layers, everything between them runs
+// on the int32 accumulators (integer_op::acc_ops: relu as max(acc, 0), which is exact since
+// acc = 0 is the real 0; max-pool as max; average pools as window SUMS, padded taps 0;
+// flatten) and the sums are requantized once with
+//   M'[o] = s_in s_w[o] / (s_out D),   D = product of the averaging areas (kh*kw, H*W),
+// i.e. the division by the area is folded into the multiplier and rounded once, by the
+// requantization itself. Export checks (|bias_q| + max|x - z| sum|Wq|) D < 2^31. relu6 in
+// such a segment is an error (6 is not an integer number of accumulator units).
+// Before the first weight layer only flatten, maxpool2d and relu are allowed (they commute
+// with the input quantizer). The last weight layer is not requantized: its logits are
+//   logit[n, o] = float( double(acc[n, o]) * (double(s_in) * double(s_w[o])) )
+// (bias_q included); only flatten may follow it. A batchnorm2d left unfolded, a grouped
+// (non-depthwise) convolution, an asymmetric or per-group weight grid, a weight or activation
+// grid wider than 8 bits, a missing encoding, weights off their grid or a multiplier outside
+// [2^-31, 2^30] make export throw integer_export_error naming the layer.
+//
+// Execution (run_integer_model). mode::integer: the float input is quantized once with the first
+// weight layer's input quantizer (quant::quantize, round half to even), then everything is
+// integer: linear through quant::integer_gemm (requantization fused), conv2d through the
+// integer im2col (padded with z_in) and quant::integer_gemm, depthwise conv2d through a direct
+// int32 loop (depthwise_conv_integer) and quant::requantize_channel_major, pools as above; the
+// last layer through quant::integer_gemm_s32. mode::exact_simulation computes the same
+// pipeline the way a fake-quant simulation does: activations as integer-valued doubles,
+// convolutions as float im2col of (q - z) with zero padding (exact: |q - z| <= 255) and a
+// double GEMM / GEMV through xtensor-blas (exact: every partial sum is an integer below
+// 2^53), accumulator segments in double, then quant::requantize_one (the scalar
+// specification of the requantization) on each accumulator.
+// Both give the same integers and logits bit for bit; test_integer_model checks it.
+#pragma once
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <limits>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+#include <quant/detail/parallel.hpp>
+#include <quant/export.hpp>
+#include <quant/im2col.hpp>
+#include <quant/integer_gemm.hpp>
+#include <quant/integer_im2col.hpp>
+#include <quant/packed_weights.hpp>
+#include <quant/requantize.hpp>
+#include <quant/uniform.hpp>
+#include <xtensor-blas/xblas.hpp>
+#include <xtensor/xadapt.hpp>
+#include <xtensor/xarray.hpp>
+#include <xtensor/xmath.hpp>
+#include <xtensor/xtensor.hpp>
+
+#include "model_bundle.hpp"
+#include "npy_io.hpp"
+
+namespace examples {
+
+// A bundle that cannot become an integer model; the message names the layer.
+struct integer_export_error : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// An activation quantizer: per tensor, on an unsigned grid of at most 8 bits.
+struct activation_grid {
+  double scale = 1.0;
+  std::int32_t zero_point = 0;
+  std::int32_t qmin = 0, qmax = 255;
+  int bits = 8;
+};
+
+enum class integer_op_kind { linear, conv2d, depthwise_conv2d, maxpool2d, avgpool2d, global_avgpool, flatten, clamp };
+
+inline const char* to_string(integer_op_kind k) noexcept {
+  switch (k) {
+    case integer_op_kind::linear: return "linear";
+    case integer_op_kind::conv2d: return "conv2d";
+    case integer_op_kind::depthwise_conv2d: return "depthwise_conv2d";
+    case integer_op_kind::maxpool2d: return "maxpool2d";
+    case integer_op_kind::avgpool2d: return "avgpool2d";
+    case integer_op_kind::global_avgpool: return "global_avgpool";
+    case integer_op_kind::flatten: return "flatten";
+    case integer_op_kind::clamp: return "clamp";
+  }
+  return "?";
+}
+
+inline bool is_weight_op(integer_op_kind k) noexcept {
+  return k == integer_op_kind::linear || k == integer_op_kind::conv2d || k == integer_op_kind::depthwise_conv2d;
+}
+
+struct integer_op {
+  integer_op_kind kind = integer_op_kind::flatten;
+  std::string name;                               // the bundle layer it comes from
+  std::vector<std::size_t> in_shape, out_shape;  // one sample
+  // pools and convolutions
+  std::size_t kernel_h = 1, kernel_w = 1, stride_h = 1, stride_w = 1, pad_h = 0, pad_w = 0;
+  // weight ops
+  xt::xtensor<std::int8_t, 2> weights;  // [out, K]: linear [out, in]; conv [out, C*kh*kw]; depthwise [C, kh*kw]
+  int weight_grid_bits = 8;             // bits of the weight quantizer's grid
+  std::vector<float> weight_scales;     // [out]
+  std::vector<std::int32_t> bias;       // [out], int32 with scale s_in s_w[o]
+  activation_grid input;                // the layer's input quantizer
+  bool logits = false;                  // the last weight layer: int32 accumulators dequantized
+  std::vector<double> output_scales;    // logits: s_in s_w[o]
+  // requantizing weight ops (not logits)
+  activation_grid output;               // the next weight layer's input quantizer
+  quant::fused_activation activation = quant::fused_activation::none;
+  std::vector<double> multipliers;      // M[o] = s_in s_w[o] / s_out
+  quant::requantize_params rq;          // lo / hi with the activation folded in
+  quant::packed_weights packed;         // kernel layout (linear, conv2d)
+  // Accumulator segment: when an avgpool2d / global_avgpool lies between this layer and the
+  // next weight layer, every layer in between runs on the int32 accumulators (relu as
+  // max(acc, 0), max-pool as max, average pools as window SUMS with padded taps 0, flatten
+  // as nothing) and the sums are requantized once with M[o] / D, D the product of the
+  // averaging areas. acc_shape is the accumulator's shape (one sample).
+  std::vector<integer_op> acc_ops;
+  std::vector<std::size_t> acc_shape;
+  std::int64_t acc_divisor = 1;
+  // clamp (standalone relu / relu6) and the bounds of everything after a requantization
+  std::int32_t lo = 0, hi = 255;
+  std::int32_t zero_point = 0;  // pools and clamp: the grid their integers live on
+};
+
+enum class weight_format { int8, int4 };
+
+struct integer_model {
+  std::vector<std::size_t> input_shape;
+  activation_grid input;  // the first weight layer's input quantizer
+  quant::requantization rounding = quant::requantization::fixed_point;
+  weight_format format = weight_format::int8;
+  std::vector<integer_op> ops;
+  std::vector<std::size_t> output_shape() const { return ops.back().out_shape; }
+};
+
+namespace integer_detail {
+
+[[noreturn]] inline void fail(const std::string& layer, const std::string& what) {
+  throw integer_export_error("layer " + layer + ": " + what);
+}
+
+inline activation_grid activation_grid_of(const model_layer& l) {
+  if (!l.input_encoding)
+    fail(l.name, "no input_encodings: integer export needs an activation quantizer at every weight layer's input "
+                 "(quant ptq with --act-bits <= 8)");
+  const quant::qparams& p = l.input_encoding->params;
+  if (p.granularity() != quant::granularity::per_tensor || p.size() != 1)
+    fail(l.name, "input_encodings must be per tensor");
+  if (p.grid().is_signed || p.grid().bits > 8)
+    fail(l.name, "input_encodings on a " + std::string(p.grid().is_signed ? "signed " : "") +
+                     std::to_string(p.grid().bits) + "-bit grid: integer execution takes unsigned grids of at most 8 bits");
+  activation_grid g;
+  g.scale = static_cast<double>(p.scale(0));
+  g.zero_point = p.zero_point(0);
+  g.qmin = p.qmin();
+  g.qmax = p.qmax();
+  g.bits = p.grid().bits;
+  return g;
+}
+
+// Integer weights [out, K] and per-channel scales from the fake-quantized float weights.
+inline void integer_weights(const model_layer& l, integer_op& op, weight_format format) {
+  if (!l.weight_encoding) fail(l.name, "no weight_encodings: export needs the weight quantizer");
+  const quant::qparams& p = l.weight_encoding->params;
+  const std::size_t out = l.weight.shape()[0], k = l.weight.size() / out;
+  if (!p.is_symmetric() || !p.grid().is_signed)
+    fail(l.name, "weight_encodings are not symmetric on a signed grid (zero points must be 0): the integer GEMM "
+                 "takes symmetric weights");
+  if (p.granularity() == quant::granularity::per_group) fail(l.name, "per-group weight_encodings are not supported");
+  if (p.granularity() == quant::granularity::per_channel && (p.axis() != 0 || p.size() != out))
+    fail(l.name, "per-channel weight_encodings must be along axis 0 with one scale per output channel");
+  const int bits = p.grid().bits;
+  if (bits > 8) fail(l.name, "weight grid of " + std::to_string(bits) + " bits: integer execution takes at most 8");
+  if (format == weight_format::int4 && bits > 4)
+    fail(l.name, "weight grid of " + std::to_string(bits) + " bits does not fit --weight-format int4 (use int8)");
+  op.weight_grid_bits = bits;
+  op.weight_scales.resize(out);
+  op.weights = xt::xtensor<std::int8_t, 2>::from_shape({out, k});
+  const float* w = l.weight.data();
+  for (std::size_t o = 0; o < out; ++o) {
+    const float s = p.size() == 1 ? p.scale(0) : p.scale(o);
+    op.weight_scales[o] = s;
+    for (std::size_t j = 0; j < k; ++j) {
+      const float v = w[o * k + j];
+      const double q = std::nearbyint(static_cast<double>(v) / static_cast<double>(s));
+      if (!(q >= p.qmin() && q <= p.qmax()) || static_cast<float>(q) * s != v)
+        fail(l.name, "weight[" + std::to_string(o) + ", " + std::to_string(j) + "] = " + std::to_string(v) +
+                         " is not on its grid (scale " + std::to_string(s) + ", [" + std::to_string(p.qmin()) +
+                         ", " + std::to_string(p.qmax()) + "]): is this a bundle written by quant ptq?");
+      op.weights(o, j) = static_cast<std::int8_t>(q);
+    }
+  }
+}
+
+inline void pack(integer_op& op, weight_format format) {
+  if (op.kind == integer_op_kind::depthwise_conv2d) return;
+  op.packed = format == weight_format::int4 ? quant::pack_weights_int4(op.weights) : quant::pack_weights(op.weights);
+}
+
+inline std::int32_t relu6_top(const activation_grid& g) {
+  return static_cast<std::int32_t>(
+      std::min<double>(g.qmax, static_cast<double>(g.zero_point) + std::round(6.0 / g.scale)));
+}
+
+// Fills multipliers / rq (or output_scales) of a weight op from its input / output grids.
+inline void finish_weight_op(integer_op& op, quant::requantization rounding) {
+  const std::size_t out = op.weight_scales.size();
+  if (op.logits) {
+    op.output_scales.resize(out);
+    for (std::size_t o = 0; o < out; ++o)
+      op.output_scales[o] = op.input.scale * static_cast<double>(op.weight_scales[o]);
+    return;
+  }
+  op.multipliers.resize(out);
+  for (std::size_t o = 0; o < out; ++o)
+    op.multipliers[o] =
+        op.input.scale * static_cast<double>(op.weight_scales[o]) / (op.output.scale * static_cast<double>(op.acc_divisor));
+  try {
+    op.rq = quant::make_requantize_params(op.multipliers, quant::grid::int_unsigned(op.output.bits),
+                                          op.output.zero_point, rounding, op.activation, op.output.scale);
+  } catch (const std::exception& e) {
+    fail(op.name, std::string("requantization: ") + e.what());
+  }
+  op.lo = op.rq.lo;
+  op.hi = op.rq.hi;
+  op.zero_point = op.output.zero_point;
+}
+
+// Bound of the int32 accumulator times the averaging areas (the GEMMs check the plain
+// accumulator themselves; the depthwise loop and the window sums are checked here).
+inline void check_accumulator_bound(const integer_op& op) {
+  const std::int64_t span = std::max(op.input.zero_point - op.input.qmin, op.input.qmax - op.input.zero_point);
+  for (std::size_t c = 0; c < op.weights.shape()[0]; ++c) {
+    std::int64_t a = std::llabs(op.bias[c]);
+    for (std::size_t j = 0; j < op.weights.shape()[1]; ++j) a += span * std::abs(int(op.weights(c, j)));
+    if (a * op.acc_divisor > std::numeric_limits<std::int32_t>::max())
+      fail(op.name, "channel " + std::to_string(c) + ": the accumulator (times the average-pool areas " +
+                        std::to_string(op.acc_divisor) + ") could leave int32: |acc| <= " + std::to_string(a));
+  }
+}
+
+}  // namespace integer_detail
+
+// The integer model of a quantized bundle (header comment). Throws integer_export_error.
+inline integer_model make_integer_model(const model& m, quant::requantization rounding = quant::requantization::fixed_point,
+                                        weight_format format = weight_format::int8) {
+  using namespace integer_detail;
+  integer_model im;
+  im.input_shape = m.input_shape;
+  im.rounding = rounding;
+  im.format = format;
+  std::vector<std::size_t> weight_layers;
+  for (std::size_t i = 0; i < m.layers.size(); ++i)
+    if (has_weights(m.layers[i].type)) weight_layers.push_back(i);
+  if (weight_layers.empty()) throw integer_export_error("the model has no linear or conv2d layer");
+  im.input = activation_grid_of(m.layers[weight_layers.front()]);
+  const std::size_t last_weight = weight_layers.back();
+  std::vector<std::size_t> shape = m.input_shape;
+  activation_grid current = im.input;  // the grid of the integers flowing at this point
+  bool before_first = true;
+  std::size_t next_weight = 0;  // index into weight_layers
+  for (std::size_t i = 0; i < m.layers.size(); ++i) {
+    const model_layer& l = m.layers[i];
+    integer_op op;
+    op.name = l.name.empty() ? "layers[" + std::to_string(i) + "]" : l.name;
+    op.in_shape = shape;
+    op.out_shape = detail::layer_output_shape(l, shape, "<model>", "layers[" + std::to_string(i) + "]");
+    shape = op.out_shape;
+    op.zero_point = current.zero_point;
+    op.lo = current.qmin;
+    op.hi = current.qmax;
+    const bool after_last = i > last_weight;
+    switch (l.type) {
+      case layer_type::linear:
+      case layer_type::conv2d: {
+        ++next_weight;
+        before_first = false;
+        op.input = activation_grid_of(l);
+        if (l.type == layer_type::linear) {
+          op.kind = integer_op_kind::linear;
+        } else if (l.groups == 1) {
+          op.kind = integer_op_kind::conv2d;
+        } else if (l.is_depthwise(op.in_shape[0])) {
+          op.kind = integer_op_kind::depthwise_conv2d;
+        } else {
+          fail(op.name, "grouped convolution (groups " + std::to_string(l.groups) +
+                            ") that is not depthwise is not supported");
+        }
+        if (op.kind != integer_op_kind::linear) {
+          op.kernel_h = l.weight.shape()[2];
+          op.kernel_w = l.weight.shape()[3];
+          op.stride_h = l.stride_h;
+          op.stride_w = l.stride_w;
+          op.pad_h = l.pad_h;
+          op.pad_w = l.pad_w;
+        }
+        integer_weights(l, op, format);
+        std::vector<float> b(op.weight_scales.size(), 0.0f);
+        if (l.bias) std::copy(l.bias->begin(), l.bias->end(), b.begin());
+        try {
+          op.bias = quant::quantize_bias(b, op.input.scale, op.weight_scales);
+        } catch (const std::exception& e) {
+          fail(op.name, std::string("bias: ") + e.what());
+        }
+        if (i == last_weight) {
+          op.logits = true;
+        } else {
+          const std::size_t nw = weight_layers[next_weight];
+          op.output = activation_grid_of(m.layers[nw]);
+          bool averaging = false;
+          for (std::size_t j = i + 1; j < nw; ++j)
+            averaging |= m.layers[j].type == layer_type::avgpool2d || m.layers[j].type == layer_type::global_avgpool;
+          if (averaging) {  // the accumulator segment (integer_op::acc_ops)
+            op.acc_shape = op.out_shape;
+            for (std::size_t j = i + 1; j < nw; ++j) {
+              const model_layer& a = m.layers[j];
+              integer_op s;
+              s.name = a.name.empty() ? "layers[" + std::to_string(j) + "]" : a.name;
+              s.in_shape = shape;
+              s.out_shape = detail::layer_output_shape(a, shape, "<model>", "layers[" + std::to_string(j) + "]");
+              shape = s.out_shape;
+              s.kernel_h = a.kernel_h;
+              s.kernel_w = a.kernel_w;
+              s.stride_h = a.stride_h;
+              s.stride_w = a.stride_w;
+              s.pad_h = a.pad_h;
+              s.pad_w = a.pad_w;
+              switch (a.type) {
+                case layer_type::relu: s.kind = integer_op_kind::clamp; break;
+                case layer_type::maxpool2d: s.kind = integer_op_kind::maxpool2d; break;
+                case layer_type::avgpool2d:
+                  s.kind = integer_op_kind::avgpool2d;
+                  op.acc_divisor *= static_cast<std::int64_t>(a.kernel_h * a.kernel_w);
+                  break;
+                case layer_type::global_avgpool:
+                  s.kind = integer_op_kind::global_avgpool;
+                  op.acc_divisor *= static_cast<std::int64_t>(s.in_shape[1] * s.in_shape[2]);
+                  break;
+                case layer_type::flatten: s.kind = integer_op_kind::flatten; break;
+                case layer_type::batchnorm2d: fail(s.name, "batchnorm2d is not folded (run quant ptq without --no-fold-bn)");
+                default:
+                  fail(s.name, std::string(to_string(a.type)) + " between a weight layer and an average pool is not "
+                                                                "supported (only relu, max/avg pooling, flatten)");
+              }
+              op.acc_ops.push_back(std::move(s));
+            }
+            op.out_shape = shape;
+            i = nw - 1;
+          } else if (i + 1 < m.layers.size() &&
+                     (m.layers[i + 1].type == layer_type::relu || m.layers[i + 1].type == layer_type::relu6)) {
+            op.activation =
+                m.layers[i + 1].type == layer_type::relu ? quant::fused_activation::relu : quant::fused_activation::relu6;
+            ++i;  // folded
+          }
+          current = op.output;
+        }
+        finish_weight_op(op, rounding);
+        check_accumulator_bound(op);
+        pack(op, format);
+        break;
+      }
+      case layer_type::batchnorm2d:
+        fail(op.name, "batchnorm2d is not folded (run quant ptq without --no-fold-bn)");
+      case layer_type::relu:
+      case layer_type::relu6:
+        if (after_last) fail(op.name, "only flatten may follow the last weight layer (its output is the logits)");
+        if (before_first && l.type == layer_type::relu6)
+          fail(op.name, "relu6 before the first weight layer is not supported");
+        op.kind = integer_op_kind::clamp;
+        op.lo = std::max(current.qmin, current.zero_point);
+        op.hi = l.type == layer_type::relu6 ? relu6_top(current) : current.qmax;
+        break;
+      case layer_type::maxpool2d:
+      case layer_type::avgpool2d:
+        if (after_last) fail(op.name, "only flatten may follow the last weight layer (its output is the logits)");
+        if (before_first && l.type == layer_type::avgpool2d)
+          fail(op.name, "avgpool2d before the first weight layer does not commute with the input quantizer");
+        op.kind = l.type == layer_type::maxpool2d ? integer_op_kind::maxpool2d : integer_op_kind::avgpool2d;
+        op.kernel_h = l.kernel_h;
+        op.kernel_w = l.kernel_w;
+        op.stride_h = l.stride_h;
+        op.stride_w = l.stride_w;
+        op.pad_h = l.pad_h;
+        op.pad_w = l.pad_w;
+        break;
+      case layer_type::global_avgpool:
+        if (after_last) fail(op.name, "only flatten may follow the last weight layer (its output is the logits)");
+        if (before_first)
+          fail(op.name, "global_avgpool before the first weight layer does not commute with the input quantizer");
+        op.kind = integer_op_kind::global_avgpool;
+        break;
+      case layer_type::flatten: op.kind = integer_op_kind::flatten; break;
+    }
+    im.ops.push_back(std::move(op));
+  }
+  return im;
+}
+
+// ---- execution ---------------------------------------------------------------------------------
+
+enum class integer_mode { integer, exact_simulation };
+
+struct integer_run_result {
+  xt::xarray<float> logits;  // [N, ...output shape]
+  // When recorded: the output of every op except the last weight layer and what follows
+  // it, [N, ...out_shape] on its grid (uint8).
+  std::vector<xt::xarray<std::uint8_t>> activations;
+  std::vector<std::size_t> activation_ops;  // op index of each entry of `activations`
+};
+
+// Direct depthwise convolution of one sample: x [C, H, W] (uint8, zero point z) ->
+// acc [C, OH*OW] int32 = bias[c] + sum_{ky,kx} w[c, ky*kw + kx] (x[c, iy, ix] - z), padded taps 0.
+inline void depthwise_conv_integer(const std::uint8_t* x, std::int32_t* acc, const integer_op& op) {
+  const std::size_t C = op.in_shape[0], H = op.in_shape[1], W = op.in_shape[2];
+  const std::size_t OH = op.out_shape[1], OW = op.out_shape[2], kh = op.kernel_h, kw = op.kernel_w;
+  const std::int32_t z = op.input.zero_point;
+  for (std::size_t c = 0; c < C; ++c) {
+    const std::uint8_t* xp = x + c * H * W;
+    const std::int8_t* w = op.weights.data() + c * kh * kw;
+    for (std::size_t oy = 0; oy < OH; ++oy)
+      for (std::size_t ox = 0; ox < OW; ++ox) {
+        std::int32_t a = op.bias[c];
+        for (std::size_t ky = 0; ky < kh; ++ky) {
+          const std::ptrdiff_t iy = static_cast<std::ptrdiff_t>(oy * op.stride_h + ky) - static_cast<std::ptrdiff_t>(op.pad_h);
+          if (iy < 0 || iy >= static_cast<std::ptrdiff_t>(H)) continue;
+          for (std::size_t kx = 0; kx < kw; ++kx) {
+            const std::ptrdiff_t ix =
+                static_cast<std::ptrdiff_t>(ox * op.stride_w + kx) - static_cast<std::ptrdiff_t>(op.pad_w);
+            if (ix < 0 || ix >= static_cast<std::ptrdiff_t>(W)) continue;
+            a += static_cast<std::int32_t>(w[ky * kw + kx]) *
+                 (static_cast<std::int32_t>(xp[static_cast<std::size_t>(iy) * W + static_cast<std::size_t>(ix)]) - z);
+          }
+        }
+        acc[c * OH * OW + oy * OW + ox] = a;
+      }
+  }
+}
+
+namespace integer_detail {
+
+inline quant::conv2d_shape conv_geometry(const integer_op& op, std::size_t channels) {
+  quant::conv2d_shape g;
+  g.channels = channels;
+  g.height = op.in_shape[1];
+  g.width = op.in_shape[2];
+  g.kernel_h = op.kernel_h;
+  g.kernel_w = op.kernel_w;
+  g.stride_h = op.stride_h;
+  g.stride_w = op.stride_w;
+  g.pad_h = op.pad_h;
+  g.pad_w = op.pad_w;
+  return g;
+}
+
+// Max-pool over one sample [C, H, W] (uint8 or double holding integers): the largest
+// valid tap (padded taps skipped, as in the float runner).
+template <class T>
+void maxpool_sample(const T* x, T* y, const integer_op& op) {
+  const std::size_t C = op.in_shape[0], H = op.in_shape[1], W = op.in_shape[2];
+  const std::size_t OH = op.out_shape[1], OW = op.out_shape[2];
+  for (std::size_t c = 0; c < C; ++c)
+    for (std::size_t oy = 0; oy < OH; ++oy)
+      for (std::size_t ox = 0; ox < OW; ++ox) {
+        T m = 0;
+        for (std::size_t ky = 0; ky < op.kernel_h; ++ky) {
+          const std::ptrdiff_t iy = static_cast<std::ptrdiff_t>(oy * op.stride_h + ky) - static_cast<std::ptrdiff_t>(op.pad_h);
+          if (iy < 0 || iy >= static_cast<std::ptrdiff_t>(H)) continue;
+          for (std::size_t kx = 0; kx < op.kernel_w; ++kx) {
+            const std::ptrdiff_t ix =
+                static_cast<std::ptrdiff_t>(ox * op.stride_w + kx) - static_cast<std::ptrdiff_t>(op.pad_w);
+            if (ix < 0 || ix >= static_cast<std::ptrdiff_t>(W)) continue;
+            m = std::max(m, x[(c * H + static_cast<std::size_t>(iy)) * W + static_cast<std::size_t>(ix)]);  // values >= 0
+          }
+        }
+        y[(c * OH + oy) * OW + ox] = m;
+      }
+}
+
+// One op of an accumulator segment on one sample (integer_op::acc_ops): relu as max(v, 0),
+// max-pool as max over the valid taps, average pools as window sums (padded taps 0),
+// flatten as a copy. T is int32_t (sums bounded at export) or double holding integers.
+template <class T>
+void accumulator_op_sample(const T* x, T* y, const integer_op& op) {
+  const std::size_t size = shape_size(op.in_shape);
+  if (op.kind == integer_op_kind::clamp) {
+    for (std::size_t i = 0; i < size; ++i) y[i] = x[i] > T(0) ? x[i] : T(0);
+    return;
+  }
+  if (op.kind == integer_op_kind::flatten) {
+    std::copy(x, x + size, y);
+    return;
+  }
+  const std::size_t C = op.in_shape[0], H = op.in_shape[1], W = op.in_shape[2];
+  if (op.kind == integer_op_kind::global_avgpool) {
+    for (std::size_t c = 0; c < C; ++c) {
+      T sum = 0;
+      for (std::size_t k = 0; k < H * W; ++k) sum += x[c * H * W + k];
+      y[c] = sum;
+    }
+    return;
+  }
+  const std::size_t OH = op.out_shape[1], OW = op.out_shape[2];
+  const bool is_max = op.kind == integer_op_kind::maxpool2d;
+  for (std::size_t c = 0; c < C; ++c)
+    for (std::size_t oy = 0; oy < OH; ++oy)
+      for (std::size_t ox = 0; ox < OW; ++ox) {
+        T acc = 0;
+        bool first = true;
+        for (std::size_t ky = 0; ky < op.kernel_h; ++ky) {
+          const std::ptrdiff_t iy = static_cast<std::ptrdiff_t>(oy * op.stride_h + ky) - static_cast<std::ptrdiff_t>(op.pad_h);
+          if (iy < 0 || iy >= static_cast<std::ptrdiff_t>(H)) continue;
+          for (std::size_t kx = 0; kx < op.kernel_w; ++kx) {
+            const std::ptrdiff_t ix =
+                static_cast<std::ptrdiff_t>(ox * op.stride_w + kx) - static_cast<std::ptrdiff_t>(op.pad_w);
+            if (ix < 0 || ix >= static_cast<std::ptrdiff_t>(W)) continue;
+            const T v = x[(c * H + static_cast<std::size_t>(iy)) * W + static_cast<std::size_t>(ix)];
+            if (is_max) {
+              acc = first || v > acc ? v : acc;
+              first = false;
+            } else {
+              acc += v;
+            }
+          }
+        }
+        y[(c * OH + oy) * OW + ox] = acc;
+      }
+}
+
+// One chunk of n samples in `cur` (uint8 or double holding integers), op by op.
+struct chunk_state {
+  std::vector<std::uint8_t> q, qn;
+  std::vector<double> d, dn;
+  std::vector<std::int32_t> acc;
+};
+
+inline void run_chunk_integer(const integer_model& im, std::size_t n, chunk_state& st, float* logits,
+                              const std::function<void(std::size_t, const std::uint8_t*)>& record) {
+  for (std::size_t oi = 0; oi < im.ops.size(); ++oi) {
+    const integer_op& op = im.ops[oi];
+    const std::size_t in_size = shape_size(op.in_shape), out_size = shape_size(op.out_shape);
+    switch (op.kind) {
+      case integer_op_kind::linear:
+      case integer_op_kind::conv2d:
+      case integer_op_kind::depthwise_conv2d: {
+        const std::size_t out = op.weights.shape()[0], K = op.weights.shape()[1];
+        const bool fused = !op.logits && op.acc_ops.empty();  // requantization in the GEMM epilogue
+        const std::size_t acc_size = op.acc_ops.empty() ? out_size : shape_size(op.acc_shape);
+        const std::size_t P = acc_size / out;
+        st.acc.resize(n * acc_size);  // int32 NCHW (unless fused)
+        if (op.kind == integer_op_kind::depthwise_conv2d) {
+          if (fused) st.qn.resize(n * out_size);
+          quant::detail::parallel_for(n, n * acc_size * op.kernel_h * op.kernel_w, [&](std::size_t s) {
+            std::int32_t* a = st.acc.data() + s * acc_size;
+            depthwise_conv_integer(st.q.data() + s * in_size, a, op);
+            if (fused) quant::requantize_channel_major(a, out, P, op.rq, st.qn.data() + s * out_size);
+          });
+        } else {
+          const std::uint8_t* rows = st.q.data();
+          std::size_t nrows = n;
+          std::vector<std::uint8_t> cols;
+          if (op.kind == integer_op_kind::conv2d) {
+            const quant::conv2d_shape g = conv_geometry(op, op.in_shape[0]);
+            nrows = n * P;
+            cols.resize(nrows * K);
+            quant::detail::parallel_for(n, n * P * K, [&](std::size_t s) {
+              quant::kernels::im2col_integer(st.q.data() + s * in_size, cols.data() + s * P * K, g,
+                                             static_cast<std::uint8_t>(op.input.zero_point));
+            });
+            rows = cols.data();
+          }
+          if (fused) {
+            st.qn.resize(n * out_size);
+            if (P == 1) {
+              quant::integer_gemm(rows, nrows, K, op.input.zero_point, op.packed, op.bias.data(), op.rq, st.qn.data(),
+                                  out);
+            } else {
+              std::vector<std::uint8_t> nhwc(nrows * out);
+              quant::integer_gemm(rows, nrows, K, op.input.zero_point, op.packed, op.bias.data(), op.rq, nhwc.data(),
+                                  out);
+              quant::detail::parallel_for(n, n * out_size, [&](std::size_t s) {
+                const std::uint8_t* src = nhwc.data() + s * P * out;
+                std::uint8_t* dst = st.qn.data() + s * out_size;
+                for (std::size_t p = 0; p < P; ++p)
+                  for (std::size_t o = 0; o < out; ++o) dst[o * P + p] = src[p * out + o];
+              });
+            }
+          } else {
+            std::vector<std::int32_t> nhwc(nrows * out);
+            quant::integer_gemm_s32(rows, nrows, K, op.input.zero_point, op.packed, op.bias.data(), nhwc.data(), out);
+            quant::detail::parallel_for(n, n * acc_size, [&](std::size_t s) {
+              const std::int32_t* src = nhwc.data() + s * P * out;
+              std::int32_t* dst = st.acc.data() + s * acc_size;
+              for (std::size_t p = 0; p < P; ++p)
+                for (std::size_t o = 0; o < out; ++o) dst[o * P + p] = src[p * out + o];
+            });
+          }
+        }
+        if (op.logits) {  // logit = acc s_in s_w[o], NCHW
+          for (std::size_t s = 0; s < n; ++s)
+            for (std::size_t i = 0; i < out_size; ++i)
+              logits[s * out_size + i] =
+                  static_cast<float>(static_cast<double>(st.acc[s * acc_size + i]) * op.output_scales[i / P]);
+          return;
+        }
+        if (!fused) {  // the accumulator segment, then one requantization of the sums
+          st.qn.resize(n * out_size);
+          quant::detail::parallel_for(n, n * acc_size, [&](std::size_t s) {
+            thread_local std::vector<std::int32_t> a, b;
+            a.assign(st.acc.begin() + static_cast<std::ptrdiff_t>(s * acc_size),
+                     st.acc.begin() + static_cast<std::ptrdiff_t>((s + 1) * acc_size));
+            for (const integer_op& seg : op.acc_ops) {
+              b.resize(shape_size(seg.out_shape));
+              accumulator_op_sample(a.data(), b.data(), seg);
+              a.swap(b);
+            }
+            quant::requantize_channel_major(a.data(), out, out_size / out, op.rq, st.qn.data() + s * out_size);
+          });
+        }
+        st.q.swap(st.qn);
+        break;
+      }
+      case integer_op_kind::maxpool2d:
+        st.qn.resize(n * out_size);
+        quant::detail::parallel_for(n, n * in_size, [&](std::size_t s) {
+          maxpool_sample(st.q.data() + s * in_size, st.qn.data() + s * out_size, op);
+        });
+        st.q.swap(st.qn);
+        break;
+      case integer_op_kind::clamp:
+        for (auto& v : st.q) v = static_cast<std::uint8_t>(std::min<std::int32_t>(std::max<std::int32_t>(v, op.lo), op.hi));
+        break;
+      default: break;  // flatten; average pools live in accumulator segments only
+    }
+    if (record) record(oi, st.q.data());
+  }
+}
+
+// The same pipeline over integer-valued doubles (header comment).
+inline void run_chunk_exact(const integer_model& im, std::size_t n, chunk_state& st, float* logits,
+                            const std::function<void(std::size_t, const std::uint8_t*)>& record) {
+  std::vector<std::uint8_t> rec;
+  for (std::size_t oi = 0; oi < im.ops.size(); ++oi) {
+    const integer_op& op = im.ops[oi];
+    const std::size_t in_size = shape_size(op.in_shape), out_size = shape_size(op.out_shape);
+    if (is_weight_op(op.kind)) {
+      const std::size_t out = op.weights.shape()[0], K = op.weights.shape()[1];
+      const double z = op.input.zero_point;
+      // W as doubles, and the rows of (q - z) as a float-runner im2col would build them
+      xt::xtensor<double, 2> Wd = xt::cast<double>(op.weights);
+      std::size_t P = 1, groups = 1;
+      if (op.kind != integer_op_kind::linear) {
+        const auto& shp = op.acc_ops.empty() ? op.out_shape : op.acc_shape;
+        P = shp[1] * shp[2];
+      }
+      if (op.kind == integer_op_kind::depthwise_conv2d) groups = op.in_shape[0];
+      // acc(s, o, p) for every sample
+      std::vector<double> acc(n * out * P);
+      if (op.kind == integer_op_kind::linear) {
+        xt::xtensor<double, 2> X = xt::xtensor<double, 2>::from_shape({n, K});
+        for (std::size_t i = 0; i < n * K; ++i) X.data()[i] = st.d[i] - z;
+        xt::xtensor<double, 2> Z = xt::xtensor<double, 2>::from_shape({n, out});
+        xt::blas::gemm(X, Wd, Z, false, true, 1.0, 0.0);
+        for (std::size_t s = 0; s < n; ++s)
+          for (std::size_t o = 0; o < out; ++o) acc[s * out + o] = Z(s, o) + op.bias[o];
+      }
+      for (std::size_t s = 0; s < n && op.kind != integer_op_kind::linear; ++s) {
+        const double* x = st.d.data() + s * in_size;
+        const std::size_t chans = op.in_shape[0] / groups, H = op.in_shape[1], W = op.in_shape[2];
+        const quant::conv2d_shape g = conv_geometry(op, chans);
+        for (std::size_t gi = 0; gi < groups; ++gi) {
+          std::vector<float> plane(chans * H * W), cols(P * g.patch_size());
+          for (std::size_t i = 0; i < plane.size(); ++i) plane[i] = static_cast<float>(x[gi * chans * H * W + i] - z);
+          quant::kernels::im2col(plane.data(), cols.data(), g);  // zero padding = the real value 0
+          xt::xtensor<double, 2> C = xt::xtensor<double, 2>::from_shape({P, g.patch_size()});
+          std::copy(cols.begin(), cols.end(), C.begin());
+          if (groups == 1) {
+            xt::xtensor<double, 2> Z = xt::xtensor<double, 2>::from_shape({out, P});
+            xt::blas::gemm(Wd, C, Z, false, true, 1.0, 0.0);
+            for (std::size_t o = 0; o < out; ++o)
+              for (std::size_t p = 0; p < P; ++p) acc[(s * out + o) * P + p] = Z(o, p) + op.bias[o];
+          } else {
+            xt::xtensor<double, 1> wv = xt::xtensor<double, 1>::from_shape({K});
+            for (std::size_t k = 0; k < K; ++k) wv(k) = Wd(gi, k);
+            xt::xtensor<double, 1> Z = xt::zeros<double>({P});
+            xt::blas::gemv(C, wv, Z, false, 1.0, 0.0);
+            for (std::size_t p = 0; p < P; ++p) acc[(s * out + gi) * P + p] = Z(p) + op.bias[gi];
+          }
+        }
+      }
+      if (op.logits) {
+        for (std::size_t s = 0; s < n; ++s)
+          for (std::size_t o = 0; o < out; ++o)
+            for (std::size_t p = 0; p < P; ++p)
+              logits[s * out_size + o * P + p] = static_cast<float>(acc[(s * out + o) * P + p] * op.output_scales[o]);
+        return;
+      }
+      st.dn.resize(n * out_size);
+      const std::size_t acc_size = out * P, per_channel = out_size / out;
+      for (std::size_t s = 0; s < n; ++s) {
+        std::vector<double> a(acc.begin() + static_cast<std::ptrdiff_t>(s * acc_size),
+                              acc.begin() + static_cast<std::ptrdiff_t>((s + 1) * acc_size)), b;
+        for (const integer_op& seg : op.acc_ops) {  // relu / pools on the accumulators, in double
+          b.resize(shape_size(seg.out_shape));
+          accumulator_op_sample(a.data(), b.data(), seg);
+          a.swap(b);
+        }
+        for (std::size_t i = 0; i < out_size; ++i) {
+          const double v = a[i];
+          if (!(v == std::floor(v) && std::fabs(v) < 2147483648.0))
+            throw std::logic_error("exact simulation: accumulator " + std::to_string(v) + " of layer " + op.name +
+                                   " is not an int32 integer");
+          st.dn[s * out_size + i] = quant::requantize_one(static_cast<std::int32_t>(v), i / per_channel, op.rq);
+        }
+      }
+      st.d.swap(st.dn);
+    } else {
+      switch (op.kind) {
+        case integer_op_kind::maxpool2d:
+          st.dn.resize(n * out_size);
+          for (std::size_t s = 0; s < n; ++s) maxpool_sample(st.d.data() + s * in_size, st.dn.data() + s * out_size, op);
+          st.d.swap(st.dn);
+          break;
+        case integer_op_kind::clamp:
+          for (auto& v : st.d) v = std::min<double>(std::max<double>(v, op.lo), op.hi);
+          break;
+        default: break;
+      }
+    }
+    if (record) {
+      rec.resize(n * out_size);
+      for (std::size_t i = 0; i < rec.size(); ++i) rec[i] = static_cast<std::uint8_t>(st.d[i]);
+      record(oi, rec.data());
+    }
+  }
+}
+
+}  // namespace integer_detail
+
+// Number of ops whose outputs are recorded: those before the last weight op.
+inline std::size_t recorded_ops(const integer_model& im) {
+  for (std::size_t i = 0; i < im.ops.size(); ++i)
+    if (im.ops[i].logits) return i;
+  return im.ops.size();
+}
+
+// Runs the integer model on x [N, ...input_shape] (float); `batch` samples per chunk.
+// record: also return every recorded op's output. Throws std::length_error for a wrong shape.
+inline integer_run_result run_integer_model(const integer_model& im, const xt::xarray<float>& x,
+                                            integer_mode mode = integer_mode::integer, bool record = false,
+                                            std::size_t batch = 256) {
+  const std::vector<std::size_t> got(x.shape().begin(), x.shape().end());
+  if (got.size() != im.input_shape.size() + 1 || !std::equal(im.input_shape.begin(), im.input_shape.end(), got.begin() + 1))
+    throw std::length_error("model input has shape " + shape_text(got) + ", expected [N, " +
+                            shape_text(im.input_shape).substr(1));
+  const std::size_t N = got[0], in_size = shape_size(im.input_shape);
+  const std::vector<std::size_t> out_shape = im.output_shape();
+  const std::size_t out_size = shape_size(out_shape);
+  integer_run_result r;
+  std::vector<std::size_t> ls{N};
+  ls.insert(ls.end(), out_shape.begin(), out_shape.end());
+  r.logits = xt::xarray<float>::from_shape(ls);
+  const std::size_t nrec = record ? recorded_ops(im) : 0;
+  for (std::size_t i = 0; i < nrec; ++i) {
+    std::vector<std::size_t> s{N};
+    s.insert(s.end(), im.ops[i].out_shape.begin(), im.ops[i].out_shape.end());
+    r.activations.push_back(xt::xarray<std::uint8_t>::from_shape(s));
+    r.activation_ops.push_back(i);
+  }
+  const quant::qparams in_q = quant::qparams::per_tensor(quant::grid::int_unsigned(im.input.bits),
+                                                         static_cast<float>(im.input.scale), im.input.zero_point);
+  batch = std::max<std::size_t>(1, batch);
+  const std::size_t chunks = (N + batch - 1) / batch;
+  auto chunk = [&](std::size_t t) {
+    const std::size_t b = t * batch, n = std::min(batch, N - b);
+    integer_detail::chunk_state st;
+    auto xin = xt::adapt(x.data() + b * in_size, n * in_size, xt::no_ownership(), std::array<std::size_t, 1>{n * in_size});
+    xt::xtensor<std::uint8_t, 1> q = quant::quantize<std::uint8_t>(xin, in_q);
+    std::function<void(std::size_t, const std::uint8_t*)> rec;
+    if (record)
+      rec = [&](std::size_t oi, const std::uint8_t* data) {
+        if (oi >= nrec) return;
+        const std::size_t sz = shape_size(im.ops[oi].out_shape);
+        std::copy(data, data + n * sz, r.activations[oi].data() + b * sz);
+      };
+    if (mode == integer_mode::integer) {
+      st.q.assign(q.begin(), q.end());
+      integer_detail::run_chunk_integer(im, n, st, r.logits.data() + b * out_size, rec);
+    } else {
+      st.d.assign(q.begin(), q.end());
+      integer_detail::run_chunk_exact(im, n, st, r.logits.data() + b * out_size, rec);
+    }
+  };
+  if (mode == integer_mode::integer) {
+    for (std::size_t t = 0; t < chunks; ++t) chunk(t);  // the kernels are parallel inside
+  } else {
+    quant::detail::parallel_for(chunks, std::size_t(1) << 20, chunk);  // BLAS single-threaded
+  }
+  return r;
+}
+
+// ---- the engine directory ----------------------------------------------------------------------
+//
+// ENGINE_DIR/engine.json (docs/integer_execution.md, "Integer model bundle") and one
+// <name>.weights.npy per weight layer: int8 [out, K] (weight_format int8) or uint8
+// [(out*K + 1) / 2] (int4: quant's nibble order, element 2j in the low nibble of byte j,
+// two's-complement nibbles).
+
+inline nlohmann::ordered_json grid_json(const activation_grid& g) {
+  nlohmann::ordered_json j;
+  j["scale"] = g.scale;
+  j["zero_point"] = g.zero_point;
+  j["qmin"] = g.qmin;
+  j["qmax"] = g.qmax;
+  j["bits"] = g.bits;
+  return j;
+}
+
+inline activation_grid grid_from_json(const nlohmann::json& j) {
+  activation_grid g;
+  g.scale = j.at("scale").get<double>();
+  g.zero_point = j.at("zero_point").get<std::int32_t>();
+  g.qmin = j.at("qmin").get<std::int32_t>();
+  g.qmax = j.at("qmax").get<std::int32_t>();
+  g.bits = j.at("bits").get<int>();
+  if (!(std::isfinite(g.scale) && g.scale > 0) || g.bits < 2 || g.bits > 8 || g.qmin != 0 ||
+      g.qmax != (1 << g.bits) - 1 || g.zero_point < g.qmin || g.zero_point > g.qmax)
+    throw std::invalid_argument("activation grid " + j.dump() + " is invalid (unsigned, 2..8 bits, scale > 0)");
+  return g;
+}
+
+inline const char* activation_name(quant::fused_activation a) {
+  return a == quant::fused_activation::relu ? "relu" : a == quant::fused_activation::relu6 ? "relu6" : "none";
+}
+
+inline std::string weights_file(const integer_op& op) { return op.name + ".weights.npy"; }
+
+inline nlohmann::ordered_json integer_model_json(const integer_model& im) {
+  nlohmann::ordered_json j;
+  j["format"] = "quant-integer-model";
+  j["version"] = 1;
+  j["requantization"] = quant::to_string(im.rounding);
+  j["weight_format"] = im.format == weight_format::int8 ? "int8" : "int4";
+  j["input_shape"] = im.input_shape;
+  j["input"] = grid_json(im.input);
+  j["output_shape"] = im.output_shape();
+  nlohmann::ordered_json ops = nlohmann::ordered_json::array();
+  for (const auto& op : im.ops) {
+    nlohmann::ordered_json o;
+    o["type"] = to_string(op.kind);
+    o["name"] = op.name;
+    o["input_shape"] = op.in_shape;
+    o["output_shape"] = op.out_shape;
+    if (op.kind != integer_op_kind::linear && op.kind != integer_op_kind::flatten && op.kind != integer_op_kind::clamp &&
+        op.kind != integer_op_kind::global_avgpool) {
+      o["kernel"] = {op.kernel_h, op.kernel_w};
+      o["stride"] = {op.stride_h, op.stride_w};
+      o["padding"] = {op.pad_h, op.pad_w};
+    }
+    if (is_weight_op(op.kind)) {
+      o["weights"] = weights_file(op);
+      o["weights_shape"] = {op.weights.shape()[0], op.weights.shape()[1]};
+      o["weight_grid_bits"] = op.weight_grid_bits;
+      o["weight_scales"] = op.weight_scales;
+      o["bias"] = op.bias;
+      o["input"] = grid_json(op.input);
+      if (op.logits) {
+        o["output"] = "logits";
+        o["output_scales"] = op.output_scales;
+      } else {
+        o["output"] = grid_json(op.output);
+        o["activation"] = activation_name(op.activation);
+        o["multipliers"] = op.multipliers;
+        std::vector<std::int32_t> q31, shift;
+        for (const auto& f : op.rq.fixed) {
+          q31.push_back(f.q31);
+          shift.push_back(f.shift);
+        }
+        o["fixed_point_multipliers"] = q31;
+        o["shifts"] = shift;
+        o["float_multipliers"] = op.rq.scale;
+        o["clamp"] = {op.rq.lo, op.rq.hi};
+        if (!op.acc_ops.empty()) {
+          o["accumulator_shape"] = op.acc_shape;
+          o["accumulator_divisor"] = op.acc_divisor;
+          nlohmann::ordered_json seg = nlohmann::ordered_json::array();
+          for (const auto& a : op.acc_ops) {
+            nlohmann::ordered_json sj;
+            sj["type"] = a.kind == integer_op_kind::clamp ? "relu" : to_string(a.kind);
+            sj["name"] = a.name;
+            sj["input_shape"] = a.in_shape;
+            sj["output_shape"] = a.out_shape;
+            if (a.kind == integer_op_kind::maxpool2d || a.kind == integer_op_kind::avgpool2d) {
+              sj["kernel"] = {a.kernel_h, a.kernel_w};
+              sj["stride"] = {a.stride_h, a.stride_w};
+              sj["padding"] = {a.pad_h, a.pad_w};
+            }
+            seg.push_back(sj);
+          }
+          o["accumulator_ops"] = seg;
+        }
+      }
+    } else if (op.kind == integer_op_kind::clamp) {
+      o["zero_point"] = op.zero_point;
+      o["clamp"] = {op.lo, op.hi};
+    } else if (op.kind != integer_op_kind::flatten) {
+      o["zero_point"] = op.zero_point;
+      if (op.kind != integer_op_kind::maxpool2d) o["rounding"] = "half_away_from_zero";
+    }
+    ops.push_back(o);
+  }
+  j["ops"] = ops;
+  return j;
+}
+
+// Writes ENGINE_DIR atomically (model_bundle.hpp's temporary-directory rename).
+inline void save_integer_model(const integer_model& im, const std::string& dir) {
+  namespace fs = std::filesystem;
+  const fs::path target(dir);
+  const fs::path tmp = target.string() + ".tmp-" + std::to_string(::getpid());
+  fs::remove_all(tmp);
+  fs::create_directories(tmp);
+  try {
+    detail::write_text_file((tmp / "engine.json").string(), integer_model_json(im).dump(2) + "\n");
+    for (const auto& op : im.ops) {
+      if (!is_weight_op(op.kind)) continue;
+      const std::string path = (tmp / weights_file(op)).string();
+      if (im.format == weight_format::int8) {
+        detail::write_npy_file(path, op.weights);
+      } else {
+        const std::vector<std::uint8_t> b =
+            quant::pack_int4(op.weights.data(), op.weights.size(), quant::grid::int_signed(4));
+        detail::write_npy_file(path, xt::adapt(b, std::vector<std::size_t>{b.size()}));
+      }
+    }
+    // replace an existing engine directory (never anything else)
+    if (fs::exists(target)) {
+      if (!fs::is_directory(target) || (!fs::is_empty(target) && !fs::exists(target / "engine.json")))
+        throw bundle_error(target.string(), "", "exists and is not an engine directory (no engine.json): refusing to replace it");
+      const fs::path old = target.string() + ".old-" + std::to_string(::getpid());
+      fs::rename(target, old);
+      fs::rename(tmp, target);
+      fs::remove_all(old);
+    } else {
+      fs::rename(tmp, target);
+    }
+  } catch (...) {
+    std::error_code ec;
+    fs::remove_all(tmp, ec);
+    throw;
+  }
+}
+
+// Reads ENGINE_DIR back (the runner needs nothing else). Throws bundle_error naming the
+// file and the field.
+inline integer_model load_integer_model(const std::string& dir) {
+  const std::string file = dir + "/engine.json";
+  std::ifstream in(file);
+  if (!in) throw bundle_error(file, "", "cannot open");
+  nlohmann::json j;
+  try {
+    in >> j;
+  } catch (const std::exception& e) {
+    throw bundle_error(file, "", std::string("not valid JSON: ") + e.what());
+  }
+  integer_model im;
+  std::string field;
+  try {
+    field = "format";
+    if (j.at("format").get<std::string>() != "quant-integer-model" || j.at("version").get<int>() != 1)
+      throw std::invalid_argument("expected format quant-integer-model, version 1");
+    field = "requantization";
+    const std::string r = j.at("requantization").get<std::string>();
+    if (r != "fixed_point" && r != "float_scale") throw std::invalid_argument("must be fixed_point or float_scale");
+    im.rounding = r == "fixed_point" ? quant::requantization::fixed_point : quant::requantization::float_scale;
+    field = "weight_format";
+    const std::string wf = j.at("weight_format").get<std::string>();
+    if (wf != "int8" && wf != "int4") throw std::invalid_argument("must be int8 or int4");
+    im.format = wf == "int8" ? weight_format::int8 : weight_format::int4;
+    field = "input_shape";
+    im.input_shape = j.at("input_shape").get<std::vector<std::size_t>>();
+    field = "input";
+    im.input = grid_from_json(j.at("input"));
+    const auto& ops = j.at("ops");
+    if (!ops.is_array() || ops.empty()) throw std::invalid_argument("ops must be a non-empty array");
+    std::vector<std::size_t> shape = im.input_shape;
+    for (std::size_t i = 0; i < ops.size(); ++i) {
+      field = "ops[" + std::to_string(i) + "]";
+      const auto& o = ops[i];
+      integer_op op;
+      const std::string t = o.at("type").get<std::string>();
+      bool known = false;
+      for (auto k : {integer_op_kind::linear, integer_op_kind::conv2d, integer_op_kind::depthwise_conv2d,
+                     integer_op_kind::maxpool2d, integer_op_kind::avgpool2d, integer_op_kind::global_avgpool,
+                     integer_op_kind::flatten, integer_op_kind::clamp})
+        if (t == to_string(k)) {
+          op.kind = k;
+          known = true;
+        }
+      if (!known) throw std::invalid_argument("unknown type '" + t + "'");
+      op.name = o.at("name").get<std::string>();
+      op.in_shape = o.at("input_shape").get<std::vector<std::size_t>>();
+      op.out_shape = o.at("output_shape").get<std::vector<std::size_t>>();
+      if (op.in_shape != shape) throw std::invalid_argument("input_shape does not chain with the previous op");
+      if (op.kind == integer_op_kind::avgpool2d || op.kind == integer_op_kind::global_avgpool)
+        throw std::invalid_argument("average pools appear only in a weight op's accumulator_ops");
+      shape = op.out_shape;
+      if (o.contains("kernel")) {
+        const auto k = o.at("kernel").get<std::array<std::size_t, 2>>();
+        const auto s = o.at("stride").get<std::array<std::size_t, 2>>();
+        const auto p = o.at("padding").get<std::array<std::size_t, 2>>();
+        op.kernel_h = k[0];
+        op.kernel_w = k[1];
+        op.stride_h = s[0];
+        op.stride_w = s[1];
+        op.pad_h = p[0];
+        op.pad_w = p[1];
+        if (!op.kernel_h || !op.kernel_w || !op.stride_h || !op.stride_w)
+          throw std::invalid_argument("kernel and stride must be >= 1");
+      }
+      if (is_weight_op(op.kind)) {
+        const auto ws = o.at("weights_shape").get<std::array<std::size_t, 2>>();
+        const std::string wpath = dir + "/" + o.at("weights").get<std::string>();
+        op.weight_grid_bits = o.at("weight_grid_bits").get<int>();
+        op.weights = xt::xtensor<std::int8_t, 2>::from_shape({ws[0], ws[1]});
+        try {
+          if (im.format == weight_format::int8) {
+            const auto a = xt::load_npy<std::int8_t>(wpath);
+            if (a.size() != op.weights.size()) throw std::invalid_argument("weights: wrong element count");
+            std::copy(a.begin(), a.end(), op.weights.begin());
+          } else {
+            const auto a = xt::load_npy<std::uint8_t>(wpath);
+            if (a.size() != (op.weights.size() + 1) / 2) throw std::invalid_argument("weights: wrong byte count");
+            const std::vector<std::uint8_t> bytes(a.begin(), a.end());
+            const auto v = quant::unpack_int4(bytes, op.weights.size(), true);
+            std::copy(v.begin(), v.end(), op.weights.begin());
+          }
+        } catch (const std::invalid_argument&) {
+          throw;
+        } catch (const std::exception& e) {
+          throw bundle_error(wpath, field + ".weights", e.what());
+        }
+        op.weight_scales = o.at("weight_scales").get<std::vector<float>>();
+        op.bias = o.at("bias").get<std::vector<std::int32_t>>();
+        op.input = grid_from_json(o.at("input"));
+        if (op.weight_scales.size() != ws[0] || op.bias.size() != ws[0])
+          throw std::invalid_argument("weight_scales and bias need one entry per output channel");
+        if (o.at("output").is_string()) {
+          op.logits = true;
+          op.output_scales = o.at("output_scales").get<std::vector<double>>();
+          if (op.output_scales.size() != ws[0]) throw std::invalid_argument("output_scales: one per output channel");
+        } else {
+          op.output = grid_from_json(o.at("output"));
+          const std::string a = o.at("activation").get<std::string>();
+          op.activation = a == "relu" ? quant::fused_activation::relu
+                          : a == "relu6" ? quant::fused_activation::relu6
+                                         : quant::fused_activation::none;
+          if (o.contains("accumulator_ops")) {
+            op.acc_shape = o.at("accumulator_shape").get<std::vector<std::size_t>>();
+            std::vector<std::size_t> sh = op.acc_shape;
+            std::int64_t divisor = 1;
+            for (const auto& sj : o.at("accumulator_ops")) {
+              integer_op a;
+              const std::string st = sj.at("type").get<std::string>();
+              a.kind = st == "relu"             ? integer_op_kind::clamp
+                       : st == "maxpool2d"      ? integer_op_kind::maxpool2d
+                       : st == "avgpool2d"      ? integer_op_kind::avgpool2d
+                       : st == "global_avgpool" ? integer_op_kind::global_avgpool
+                       : st == "flatten"        ? integer_op_kind::flatten
+                                                : throw std::invalid_argument("accumulator_ops: unknown type '" + st + "'");
+              a.name = sj.at("name").get<std::string>();
+              a.in_shape = sj.at("input_shape").get<std::vector<std::size_t>>();
+              a.out_shape = sj.at("output_shape").get<std::vector<std::size_t>>();
+              if (a.in_shape != sh) throw std::invalid_argument("accumulator_ops: shapes do not chain");
+              sh = a.out_shape;
+              if (sj.contains("kernel")) {
+                const auto k = sj.at("kernel").get<std::array<std::size_t, 2>>();
+                const auto st2 = sj.at("stride").get<std::array<std::size_t, 2>>();
+                const auto pd = sj.at("padding").get<std::array<std::size_t, 2>>();
+                a.kernel_h = k[0];
+                a.kernel_w = k[1];
+                a.stride_h = st2[0];
+                a.stride_w = st2[1];
+                a.pad_h = pd[0];
+                a.pad_w = pd[1];
+                if (!a.kernel_h || !a.kernel_w || !a.stride_h || !a.stride_w)
+                  throw std::invalid_argument("accumulator_ops: kernel and stride must be >= 1");
+              }
+              if (a.kind == integer_op_kind::avgpool2d) divisor *= static_cast<std::int64_t>(a.kernel_h * a.kernel_w);
+              if (a.kind == integer_op_kind::global_avgpool)
+                divisor *= static_cast<std::int64_t>(a.in_shape.at(1) * a.in_shape.at(2));
+              op.acc_ops.push_back(std::move(a));
+            }
+            if (sh != op.out_shape) throw std::invalid_argument("accumulator_ops do not end at output_shape");
+            if (divisor != o.at("accumulator_divisor").get<std::int64_t>())
+              throw std::invalid_argument("accumulator_divisor is not the product of the averaging areas");
+            op.acc_divisor = divisor;
+          }
+          // the fixed-point and float multipliers are derived from M again (and must agree)
+          const auto stored = o.at("multipliers").get<std::vector<double>>();
+          integer_detail::finish_weight_op(op, im.rounding);
+          if (stored != op.multipliers)
+            throw std::invalid_argument("multipliers differ from input.scale * weight_scales / output.scale");
+          const auto clamp = o.at("clamp").get<std::array<std::int32_t, 2>>();
+          if (clamp[0] != op.rq.lo || clamp[1] != op.rq.hi) throw std::invalid_argument("clamp does not match the activation");
+        }
+        integer_detail::check_accumulator_bound(op);
+        integer_detail::pack(op, im.format);
+      } else if (op.kind != integer_op_kind::flatten) {
+        op.zero_point = o.at("zero_point").get<std::int32_t>();
+        if (op.kind == integer_op_kind::clamp) {
+          const auto c = o.at("clamp").get<std::array<std::int32_t, 2>>();
+          op.lo = c[0];
+          op.hi = c[1];
+        }
+      }
+      im.ops.push_back(std::move(op));
+    }
+  } catch (const bundle_error&) {
+    throw;
+  } catch (const std::exception& e) {
+    throw bundle_error(file, field, e.what());
+  }
+  return im;
+}
+
+}  // namespace examples
