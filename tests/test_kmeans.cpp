@@ -170,7 +170,7 @@ TEST_CASE("objective is non-increasing; k-means++ and random init; sampling", "[
   opt.max_training_points = 4000;
   const auto rs = kmeans(pts, opt);
   CHECK(rs.assignments.size() == n);
-  CHECK(rs.mse() < 1.0);
+  CHECK(rs.mse() < 0.25);  // trained on a 4000-point sample, every blob still separated
 }
 
 TEST_CASE("same seed, same result for 1 and 2 threads; different seeds differ", "[kmeans]") {
