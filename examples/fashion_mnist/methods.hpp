@@ -29,6 +29,7 @@
 #include <quant/reconstruction.hpp>
 #include <quant/uniform.hpp>
 
+#include "../common/ptq_pipeline.hpp"
 #include "report.hpp"
 #include "trainer.hpp"
 
@@ -66,9 +67,7 @@ inline split_tensors calibration_subset(const split_tensors& train, std::size_t 
   return c;
 }
 
-// ---- range setting -------------------------------------------------------------------
-enum class range_method { min_max, mse };
-
+// ---- range setting (range_method {minmax, mse} is the PTQ pipeline's) -----------------
 
 inline quant::qparams weight_qparams(const matrix& W, int bits, range_method m) {
   const quant::grid g = quant::grid::int_signed(bits);
@@ -392,7 +391,7 @@ inline std::vector<row_def> row_registry() {
   std::vector<row_def> rows;
   const std::string all = "mlp,cnn";
   rows.push_back({all, "FP32", run_fp32});
-  for (range_method m : {range_method::min_max, range_method::mse})
+  for (range_method m : {range_method::minmax, range_method::mse})
     for (int b : {8, 4, 3, 2})
       rows.push_back({all, wa_label(m == range_method::mse ? "RTN MSE" : "RTN min-max", b, 32),
                       [=](const model_context& c) { return run_rtn(c, b, 32, m); }});

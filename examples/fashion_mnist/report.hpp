@@ -165,8 +165,10 @@ inline const result_row* find_row(const std::vector<result_row>& rows, const std
 inline std::vector<std::string> sanity_failures(const std::vector<result_row>& rows) {
   std::vector<std::string> fails;
   char buf[256];
-  if (!find_row(rows, "mlp", "FP32", 32, 32) && !find_row(rows, "cnn", "FP32", 32, 32)) return {"no FP32 row"};
-  for (const std::string model : {"mlp", "cnn"}) {
+  if (!find_row(rows, "mlp", "FP32", 32, 32) && !find_row(rows, "cnn", "FP32", 32, 32) &&
+      !find_row(rows, "bnnet", "FP32", 32, 32))
+    return {"no FP32 row"};
+  for (const std::string model : {"mlp", "cnn", "bnnet"}) {
     const result_row* fp = find_row(rows, model, "FP32", 32, 32);
     if (!fp) continue;
     if (fp->accuracy <= 0.80) {
@@ -190,6 +192,13 @@ inline std::vector<std::string> sanity_failures(const std::vector<result_row>& r
     at_least("QDrop", 2, 4, "RTN MSE", 2, 4, 0.0);
     at_least("LSQ", 4, 4, "RTN MSE", 4, 4, 0.005);  // short fine-tuning from a cruder init: within 0.5 point
     at_least("LSQ+", 2, 2, "RTN MSE", 2, 4, 0.0);   // QAT at A2 beats post-training RTN at A4
+    // The batch-norm network's PTQ pipeline rows (bn_methods.hpp).
+    at_least("CLE", 8, 8, "FP32", 32, 32, 0.015);               // per-tensor W8A8 after CLE: within 1.5 points
+    at_least("RTN per-channel", 8, 8, "FP32", 32, 32, 0.01);    // per-channel W8A8: within 1 point
+    at_least("CLE", 4, 8, "RTN per-tensor", 4, 8, 0.0);         // equalized ranges suit a per-tensor grid
+    at_least("CLE", 6, 8, "RTN per-tensor", 6, 8, 0.0);
+    at_least("CLE+absorb+BC", 4, 8, "CLE+absorb", 4, 8, 0.0);   // removing the mean output shift helps
+    at_least("CLE+AdaRound", 4, 8, "CLE", 4, 8, 0.0);           // same grid, learned rounding
   }
   for (const auto& r : rows)
     if (!r.check_failure.empty()) fails.push_back(r.model + ": " + r.check_failure);
