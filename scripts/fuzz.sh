@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Builds the libFuzzer harnesses of fuzz/ (clang-14, -fsanitize=fuzzer,address,undefined)
+# and runs each for SECONDS seconds (default 60) on a copy of its seed corpus, one after
+# the other. Installs clang-14 and libclang-rt-14-dev if missing (as scripts/install-deps.sh
+# does for the rest). Exit status 1 if any harness found something; the reproducer is
+# left in $OUT_DIR/<harness>/ (crash-*, leak-*, oom-*, timeout-*) and its log beside it.
+#   scripts/fuzz.sh [SECONDS]
+# Environment: BUILD_DIR (default build-fuzzers), OUT_DIR (default $BUILD_DIR/runs),
+# FUZZERS (space-separated subset, default all), JOBS (build parallelism, default nproc).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seconds="${1:-60}"
+build="${BUILD_DIR:-build-fuzzers}"
+out="${OUT_DIR:-$build/runs}"
+all="fuzz_npy fuzz_idx fuzz_idx_gzip fuzz_encodings_json fuzz_uniform fuzz_lsq fuzz_observers fuzz_observer_load fuzz_kmeans"
+fuzzers="${FUZZERS:-$all}"
+
+bash scripts/install-deps.sh
+missing=()
+for p in clang-14 libclang-rt-14-dev; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "fuzz.sh: installing ${missing[*]}"
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -q
+  $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+cmake -S fuzz -B "$build" -DCMAKE_CXX_COMPILER=clang++-14 >/dev/null
+# shellcheck disable=SC2086
+cmake --build "$build" -j "${JOBS:-$(nproc)}" --target $fuzzers
+
+bin="$(cd "$build" && pwd)"
+status=0
+printf '%-22s %12s %10s  %s\n' harness executions exec/s result
+for f in $fuzzers; do
+  work="$out/$f"
+  rm -rf "$work"
+  mkdir -p "$work/corpus"
+  cp fuzz/corpus/"$f"/* "$work/corpus/" 2>/dev/null || true
+  # -rss_limit_mb / -malloc_limit_mb: a reader that allocates what a header claims is a finding.
+  if (cd "$work" && "$bin/$f" -max_total_time="$seconds" -rss_limit_mb=2048 -malloc_limit_mb=512 -timeout=20 \
+        -print_final_stats=1 corpus >log 2>&1); then
+    result=ok
+  else
+    result="FOUND (see $work/log)"
+    status=1
+  fi
+  execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$work/log" | tail -1)
+  rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$work/log" | tail -1)
+  printf '%-22s %12s %10s  %s\n' "$f" "${execs:-?}" "${rate:-?}" "$result"
+done
+exit $status
