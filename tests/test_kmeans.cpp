@@ -220,3 +220,29 @@ TEST_CASE("k-means errors", "[kmeans]") {
   CHECK_THROWS_AS(kmeans(pts, opt), quant::length_error);
   CHECK_THROWS_AS(kmeans_assign(pts, wrong), quant::length_error);
 }
+
+TEST_CASE("kmeans_update and kmeans_initial_centroids validate their arguments", "[kmeans][errors]") {
+  const std::size_t d = 4, n = 10, k = 3;
+  auto x = blobs(n, d, k, 3);
+  const auto pts = as_matrix(x, d);
+  const xt::xtensor<float, 2> c = kmeans_initial_centroids(pts, k, kmeans_init::random_sample, 1);
+  xt::xtensor<std::uint32_t, 1> a = xt::zeros<std::uint32_t>({n});
+  CHECK_NOTHROW(kmeans_update(pts, a, c));
+  const xt::xtensor<std::uint32_t, 1> short_a = xt::zeros<std::uint32_t>({n - 1});
+  CHECK_THROWS_WITH(kmeans_update(pts, short_a, c), Catch::Contains("assignments.size() = 9"));
+  CHECK_THROWS_AS(kmeans_update(pts, short_a, c), quant::length_error);
+  const xt::xtensor<float, 2> wrong_d = xt::zeros<float>({k, d + 1});
+  CHECK_THROWS_AS(kmeans_update(pts, a, wrong_d), quant::length_error);
+  a(7) = 3;  // == k
+  CHECK_THROWS_WITH(kmeans_update(pts, a, c), Catch::Contains("assignment = 3"));
+  CHECK_THROWS_AS(kmeans_update(pts, a, c), quant::invalid_argument);
+  const xt::xarray<float> cube = xt::zeros<float>({2, 5, 4});
+  CHECK_THROWS_AS(kmeans_update(cube, a, c), quant::invalid_argument);
+  CHECK_THROWS_AS(kmeans_initial_centroids(cube, k, kmeans_init::random_sample, 1), quant::invalid_argument);
+  CHECK_THROWS_WITH(kmeans_initial_centroids(pts, n + 1, kmeans_init::kmeans_plus_plus, 1),
+                    Catch::Contains("fewer points than centroids"));
+  CHECK_THROWS_AS(kmeans_initial_centroids(pts, 0, kmeans_init::random_sample, 1), quant::invalid_argument);
+  auto bad = x;
+  bad[5] = std::nanf("");
+  CHECK_THROWS_AS(kmeans_initial_centroids(as_matrix(bad, d), k, kmeans_init::random_sample, 1), quant::domain_error);
+}

@@ -360,3 +360,19 @@ TEST_CASE("a scale whose reciprocal overflows is rejected; the smallest accepted
     CHECK(y(i) == static_cast<float>(want_q[i] - 3) * s);
   }
 }
+
+TEST_CASE("dequantize validates the parameters against the shape", "[uniform][errors]") {
+  const xt::xarray<std::int8_t> q = xt::zeros<std::int8_t>({3, 4});
+  const qparams three = qparams::per_channel(grid::int_signed(8), {0.1f, 0.2f, 0.3f}, 0);
+  CHECK_NOTHROW(eager::dequantize(q, three));
+  const qparams four_on_0 = qparams::per_channel(grid::int_signed(8), {0.1f, 0.2f, 0.3f, 0.4f}, 0);
+  CHECK_THROWS_AS(eager::dequantize(q, four_on_0), quant::length_error);
+  CHECK_THROWS_AS(quant::dequantize(q, four_on_0), quant::length_error);
+  const qparams axis_2 = qparams::per_channel(grid::int_signed(8), {0.1f, 0.2f, 0.3f}, 2);
+  CHECK_THROWS_WITH(eager::dequantize(q, axis_2), Catch::Contains("axis = 2"));
+  const qparams groups = qparams::per_group(grid::int_signed(8), {0.1f, 0.2f, 0.3f, 0.4f, 0.5f, 0.6f}, {0, 0, 0, 0, 0, 0}, 1, 2);
+  CHECK_NOTHROW(eager::dequantize(q, groups));
+  CHECK_THROWS_AS(quant::dequantize(q, groups), quant::invalid_argument);  // lazy: no per-group
+  const qparams groups_of_3 = qparams::per_group(grid::int_signed(8), {0.1f, 0.2f, 0.3f, 0.4f}, {0, 0, 0, 0}, 1, 3);
+  CHECK_THROWS_AS(eager::dequantize(q, groups_of_3), quant::invalid_argument);
+}
