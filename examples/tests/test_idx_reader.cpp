@@ -19,23 +19,36 @@
 
 namespace {
 std::atomic<std::size_t> largest_allocation{0};
+void record_allocation(std::size_t n) {
+  std::size_t seen = largest_allocation.load();
+  while (n > seen && !largest_allocation.compare_exchange_weak(seen, n)) {
+  }
 }
+}  // namespace
 
+#if defined(__SANITIZE_ADDRESS__)
+// Under AddressSanitizer its allocator owns operator new; it reports every allocation to a hook.
+extern "C" int __sanitizer_install_malloc_and_free_hooks(void (*)(const volatile void*, std::size_t),
+                                                         void (*)(const volatile void*));
+namespace {
+void on_malloc(const volatile void*, std::size_t n) { record_allocation(n); }
+void on_free(const volatile void*) {}
+const int hooks_installed = __sanitizer_install_malloc_and_free_hooks(on_malloc, on_free);
+}  // namespace
+#else
 // The replacement pair below is malloc/free on both sides; GCC cannot see that through the
 // inlined new/delete expressions and would warn about a mismatch.
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmismatched-new-delete"
 #endif
-
 void* operator new(std::size_t n) {
-  std::size_t seen = largest_allocation.load();
-  while (n > seen && !largest_allocation.compare_exchange_weak(seen, n)) {
-  }
+  record_allocation(n);
   if (void* p = std::malloc(n ? n : 1)) return p;
   throw std::bad_alloc();
 }
 void operator delete(void* p) noexcept { std::free(p); }
 void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+#endif
 
 namespace {
 
@@ -148,6 +161,11 @@ TEST_CASE("A header claiming more data than the file holds fails before allocati
   const std::vector<unsigned char> lying = {0x00, 0x00, 0x08, 0x03, 0x00, 0x02, 0x00, 0x00, 0x00, 0x00,
                                             0x00, 0x29, 0x00, 0x00, 0x0f, 0x10, 0x0e, 0xee, 0x11};
   const std::size_t claimed = std::size_t(131072) * 41 * 3856;
+  {  // the recorder sees allocations (replaced operator new, or the ASan hook)
+    largest_allocation = 0;
+    const std::vector<char> five_mib(std::size_t(5) << 20);
+    REQUIRE(largest_allocation.load() >= five_mib.size());
+  }
   SECTION("uncompressed: rejected from the file size, before any pixel buffer exists") {
     const std::string p = write_raw("lying.raw", lying);
     largest_allocation = 0;
