@@ -10,6 +10,8 @@
 //   quant gptq        -w W.npy -x X.npy --bits 4 [--group-size 32] [--act-order] [--damp 0.01] -o DIR
 //   quant eval        --model DIR --input X.npy [--labels y.npy] [--logits-out L.npy]
 //   quant ptq         --model DIR --calib X.npy [--eval X.npy --labels y.npy] -o OUT_DIR [--cle ...]
+//   quant export      --model QUANTIZED_DIR -o ENGINE_DIR [--requantization fixed-point|float-scale] [--weight-format int8|int4]
+//   quant run         --model ENGINE_DIR --input X.npy [--labels y.npy] [--logits-out L.npy] [--simulate exact]
 //
 // Exit status: 0 success, 1 bad data (unreadable/malformed .npy, NaN where rejected,
 // shapes that do not fit), 2 usage errors (unknown options, missing or conflicting
@@ -45,6 +47,8 @@
 #include "cmd_gptq.hpp"
 #include "cmd_eval.hpp"
 #include "cmd_ptq.hpp"
+#include "cmd_export.hpp"
+#include "cmd_run.hpp"
 
 namespace {
 
@@ -590,6 +594,8 @@ int main(int argc, char** argv) {
   commands.push_back(std::make_unique<quant_cli::gptq_command>());
   commands.push_back(std::make_unique<quant_cli::eval_command>());
   commands.push_back(std::make_unique<quant_cli::ptq_command>());
+  commands.push_back(std::make_unique<quant_cli::export_command>());
+  commands.push_back(std::make_unique<quant_cli::run_command>());
   std::vector<CLI::App*> command_apps;
   for (auto& c : commands) command_apps.push_back(c->add_to(app));
 
