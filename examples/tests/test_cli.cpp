@@ -1051,3 +1051,117 @@ TEST_CASE("eval and ptq on a model bundle: accuracy, outputs, and ptq's accuracy
     CHECK(no_leftovers());
   }
 }
+
+// ---- integer models: quant export / quant run ------------------------------------------------
+
+namespace {
+std::string file_bytes(const std::string& p) {
+  std::ifstream f(p, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(f), {});
+}
+}  // namespace
+
+TEST_CASE("export and run: integer kernels and exact simulation give identical files; errors exit 1 or 2") {
+  const std::string bundle = path("int_bundle");
+  write_small_bundle(bundle);
+  const std::size_t n = 48;
+  write_f32(path("int_imgs.npy"), {n, 1, 6, 6}, random_images(n, 5));
+  write_f32(path("int_calib.npy"), {96, 1, 6, 6}, random_images(96, 6));
+  std::vector<std::int64_t> y(n);
+  for (std::size_t i = 0; i < n; ++i) y[i] = static_cast<std::int64_t>(i % 3);
+  write_npy_bytes(path("int_y.npy"), "<i8", {n}, y.data(), n * 8);
+
+  for (const char* bits : {"8", "4"}) {
+    DYNAMIC_SECTION("W" << bits << "A8 per channel") {
+      const std::string q = path(std::string("int_q") + bits), e = path(std::string("int_e") + bits);
+      std::system(("rm -rf " + q + " " + e + " " + path("acts_i") + " " + path("acts_e")).c_str());
+      auto r = run("ptq --model " + bundle + " --calib " + path("int_calib.npy") + " -o " + q + " --weight-bits " + bits +
+                   " --weight-granularity per-channel -q");
+      INFO(r.output);
+      REQUIRE(r.code == 0);
+      r = run("export --model " + q + " -o " + e + " --weight-format " + (bits[0] == '4' ? "int4" : "int8") +
+              " --requantization float-scale");
+      INFO(r.output);
+      REQUIRE(r.code == 0);
+      CHECK(exists(e + "/engine.json"));
+      CHECK(exists(e + "/fc.weights.npy"));
+      const auto ej = read_json(e + "/engine.json");
+      CHECK(ej["format"] == "quant-integer-model");
+      CHECK(ej["requantization"] == "float_scale");
+      CHECK(ej["weight_format"] == (bits[0] == '4' ? "int4" : "int8"));
+      // the weights file: int8 [out, K] or the packed nibbles [(out*K + 1) / 2]
+      CHECK(read_npy(e + "/fc.weights.npy").shape == (bits[0] == '4' ? "(54,)" : "(3, 36)"));
+      ::mkdir(path("acts_i").c_str(), 0755);
+      ::mkdir(path("acts_e").c_str(), 0755);
+      r = run("run --model " + e + " --input " + path("int_imgs.npy") + " --labels " + path("int_y.npy") +
+              " --logits-out " + path("int_li.npy") + " --activations-out " + path("acts_i"));
+      INFO(r.output);
+      REQUIRE(r.code == 0);
+      const std::string acc_line = line_with(r.output, "top-1 accuracy: ");
+      CHECK_FALSE(acc_line.empty());
+      auto s = run("run --model " + e + " --input " + path("int_imgs.npy") + " --labels " + path("int_y.npy") +
+                   " --simulate exact --logits-out " + path("int_le.npy") + " --activations-out " + path("acts_e"));
+      INFO(s.output);
+      REQUIRE(s.code == 0);
+      CHECK(line_with(s.output, "top-1 accuracy: ") == acc_line);
+      CHECK(read_npy(path("int_li.npy")).shape == "(48, 3)");
+      CHECK(file_bytes(path("int_li.npy")) == file_bytes(path("int_le.npy")));
+      // c1 (+BN folded, relu), pool, c2 (+relu), flatten: one file per op before fc
+      for (const char* f : {"00_c1.npy", "01_maxpool2d2.npy", "02_c2.npy", "03_flatten5.npy"}) {
+        INFO(f);
+        REQUIRE(exists(path("acts_i") + "/" + f));
+        CHECK(file_bytes(path("acts_i") + "/" + f) == file_bytes(path("acts_e") + "/" + f));
+      }
+      CHECK(read_npy(path("acts_i") + "/02_c2.npy").shape == "(48, 4, 3, 3)");
+      auto c = run("run --model " + e + " --input " + path("int_imgs.npy") + " --check-exact");
+      INFO(c.output);
+      CHECK(c.code == 0);
+      CHECK_THAT(c.output, Catch::Contains("logits differing: 0 of 144; predictions differing: 0 of 48"));
+      CHECK(no_leftovers());
+    }
+  }
+
+  SECTION("a float bundle, an 8-bit grid as int4, a malformed engine, a foreign output directory") {
+    const std::string e = path("int_bad_e");
+    std::system(("rm -rf " + e).c_str());
+    auto r = run("export --model " + bundle + " -o " + e);
+    INFO(r.output);
+    CHECK(r.code == 1);
+    CHECK_THAT(r.output, Catch::Contains("layer c1") && Catch::Contains("input_encodings"));
+    CHECK_FALSE(exists(e));
+    const std::string q = path("int_q8b");
+    std::system(("rm -rf " + q).c_str());
+    REQUIRE(run("ptq --model " + bundle + " --calib " + path("int_calib.npy") + " -o " + q + " -q").code == 0);
+    r = run("export --model " + q + " -o " + e + " --weight-format int4");
+    CHECK(r.code == 1);
+    CHECK_THAT(r.output, Catch::Contains("int4"));
+    CHECK_FALSE(exists(e));
+    r = run("export --model " + q + " -o " + e + " --requantization rounded");
+    CHECK(r.code == 2);
+    // an existing directory that is not an engine directory is left alone
+    const std::string foreign = path("int_foreign");
+    ::mkdir(foreign.c_str(), 0755);
+    std::ofstream(foreign + "/keep.txt") << "mine";
+    r = run("export --model " + q + " -o " + foreign);
+    CHECK(r.code == 1);
+    CHECK(file_bytes(foreign + "/keep.txt") == "mine");
+    // a malformed engine.json: exit 2 naming the file and the field
+    REQUIRE(run("export --model " + q + " -o " + e).code == 0);
+    std::string text = file_bytes(e + "/engine.json");
+    const std::string key = "\"weight_format\": \"int8\"";
+    const auto pos = text.find(key);
+    REQUIRE(pos != std::string::npos);
+    text.replace(pos, key.size(), "\"weight_format\": \"int3\"");
+    std::ofstream(e + "/engine.json", std::ios::trunc) << text;
+    r = run("run --model " + e + " --input " + path("int_imgs.npy") + " --logits-out " + path("int_never.npy"));
+    CHECK(r.code == 2);
+    CHECK_THAT(r.output, Catch::Contains("engine.json") && Catch::Contains("weight_format"));
+    CHECK_FALSE(exists(path("int_never.npy")));
+    // wrong input shape: exit 1
+    REQUIRE(run("export --model " + q + " -o " + e).code == 0);
+    write_f32(path("int_wrong.npy"), {2, 1, 5, 5}, std::vector<float>(50, 0.5f));
+    r = run("run --model " + e + " --input " + path("int_wrong.npy") + " --logits-out " + path("int_never.npy"));
+    CHECK(r.code == 1);
+    CHECK_FALSE(exists(path("int_never.npy")));
+  }
+}
