@@ -188,8 +188,7 @@ inline std::vector<std::string> sanity_failures(const std::vector<result_row>& r
     at_least("RTN min-max", 8, 32, "FP32", 32, 32, 0.005);  // 8-bit weights cost < 0.5 point
     // Same scales, learned rounding. At W3 round-to-nearest with MSE ranges is already within a
     // few tenths of FP32, so the two differ by test-set noise: allow 0.2 point (20 of 10 000
-    // images; on this AMD/AVX2 machine the quick MLP gives AdaRound 87.95 %, RTN 88.03 %, also
-    // before this check's tolerance). At W2, where the gap is points, no tolerance.
+    // images). At W2, where the gap is points, no tolerance.
     at_least("AdaRound", 3, 32, "RTN MSE", 3, 32, 0.002);
     at_least("AdaRound", 2, 32, "RTN MSE", 2, 32, 0.0);
     at_least("AdaRound", 2, 4, "RTN MSE", 2, 4, 0.0);
