@@ -17,8 +17,9 @@
 //         act_bits grid, min-max or MSE (act_bits 32: none)
 //      b. the weight quantizer: symmetric signed weight_bits grid, per-tensor or per-channel
 //         (axis 0), min-max or MSE; rounding to nearest, AdaRound (quant/adaround.hpp, on the
-//         layer's im2col rows, reconstructing after the following ReLU), or a custom rounding
-//         callback (the hook for GPTQ)
+//         layer's im2col rows, reconstructing after the following ReLU), GPTQ (quant/gptq.hpp,
+//         on the quantized-model input rows, with the observer's scales), or a custom
+//         rounding callback
 //      c. bias correction (optional): empirical, b -= (W_q - W) E[x] with E[x] the mean of
 //         the layer's (quantized-model) input rows, or analytic, E[x] from the previous
 //         layer's BN statistics through the activation between (quant/bias_correction.hpp)
@@ -49,6 +50,7 @@
 #include <quant/bias_absorption.hpp>
 #include <quant/bias_correction.hpp>
 #include <quant/equalization.hpp>
+#include <quant/gptq.hpp>
 #include <quant/im2col.hpp>
 #include <quant/layer_weights.hpp>
 #include <quant/observers.hpp>
@@ -60,8 +62,9 @@
 namespace examples {
 
 enum class range_method { minmax, mse };
-enum class weight_rounding { nearest, adaround, custom };
+enum class weight_rounding { nearest, adaround, gptq, custom };
 enum class bias_correction_mode { none, empirical, analytic };
+inline const char* to_string(weight_rounding r);
 
 // What a custom weight rounding (e.g. GPTQ) receives for one layer: W as [out, K] (a conv's
 // weight.reshape(out, -1)), the chosen qparams (axis 0 when per channel), and the layer's
@@ -115,8 +118,9 @@ struct ptq_layer_report {
   std::string name, kind;
   double spread_folded = 1.0;     // max/min output-channel weight range after BN folding
   double spread_equalized = 1.0;  // ... after CLE (and absorption); equal to the above without CLE
-  std::string rounding;           // nearest / adaround / custom
+  std::string rounding;           // nearest / adaround / gptq / custom
   std::optional<double> adaround_rtn_error, adaround_error;
+  std::optional<double> gptq_rtn_error, gptq_error;  // on the quantized-model input rows
   std::string bias_correction = "none";  // none / empirical / analytic / skipped: why
   double max_abs_bias_delta = 0.0;
   std::optional<float> input_scale;
@@ -510,6 +514,15 @@ inline ptq_result run_ptq(const model& input, const xt::xarray<float>& calib, co
           lrep[k].rounding = "adaround";
           lrep[k].adaround_rtn_error = r.report.rtn_error;
           lrep[k].adaround_error = r.report.adaround_error;
+        } else if (opt.rounding == weight_rounding::gptq) {
+          // GPTQ on the rows the layer sees in the model quantized so far, with the observer's
+          // qparams (the scales stay what the observer chose; only the rounding changes).
+          say("GPTQ " + lrep[k].name + " on " + std::to_string(Xq.shape()[0]) + " rows");
+          const quant::gptq_result r = quant::gptq_layer(W2, Xq, wp);
+          std::copy(r.weights.begin(), r.weights.end(), l.weight.begin());
+          lrep[k].rounding = "gptq";
+          lrep[k].gptq_rtn_error = r.report.rtn_error;
+          lrep[k].gptq_error = r.report.gptq_error;
         } else {
           const xt::xtensor<float, 2> Wq = opt.custom_rounding(weight_rounding_context{i, W2, wp, Xf, Xq});
           if (Wq.size() != W2.size()) throw std::length_error("custom_rounding returned a weight of the wrong size");
@@ -523,7 +536,7 @@ inline ptq_result run_ptq(const model& input, const xt::xarray<float>& calib, co
       }
       l.weight_encoding = encoding{wp, quant::scheme::symmetric, "half_to_even"};
       rep.add_time(opt.rounding == weight_rounding::nearest ? "weight quantization" : "weight quantization (" +
-                       std::string(opt.rounding == weight_rounding::adaround ? "adaround" : "custom") + ")",
+                       std::string(to_string(opt.rounding)) + ")",
                    t.seconds());
       // c. bias correction
       if (opt.bias_correction != bias_correction_mode::none) {
@@ -578,7 +591,10 @@ inline ptq_result run_ptq(const model& input, const xt::xarray<float>& calib, co
 
 inline const char* to_string(range_method r) { return r == range_method::mse ? "mse" : "minmax"; }
 inline const char* to_string(weight_rounding r) {
-  return r == weight_rounding::adaround ? "adaround" : r == weight_rounding::custom ? "custom" : "nearest";
+  return r == weight_rounding::adaround ? "adaround"
+         : r == weight_rounding::gptq   ? "gptq"
+         : r == weight_rounding::custom ? "custom"
+                                        : "nearest";
 }
 inline const char* to_string(bias_correction_mode b) {
   return b == bias_correction_mode::empirical ? "empirical" : b == bias_correction_mode::analytic ? "analytic" : "none";
@@ -628,6 +644,10 @@ inline nlohmann::ordered_json ptq_report_json(const ptq_report& r, const ptq_opt
     if (l.adaround_error) {
       lj["adaround_rtn_error"] = *l.adaround_rtn_error;
       lj["adaround_error"] = *l.adaround_error;
+    }
+    if (l.gptq_error) {
+      lj["gptq_rtn_error"] = *l.gptq_rtn_error;
+      lj["gptq_error"] = *l.gptq_error;
     }
     lj["bias_correction"] = l.bias_correction;
     lj["max_abs_bias_delta"] = l.max_abs_bias_delta;

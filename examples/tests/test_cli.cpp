@@ -127,7 +127,7 @@ bool no_leftovers() {
 }  // namespace
 
 TEST_CASE("quant --help for the tool and every subcommand") {
-  for (const char* sub : {"", "fake-quant ", "quantize ", "calibrate ", "lsq-grad ", "adaround ", "kurtosis ", "pq "}) {
+  for (const char* sub : {"", "fake-quant ", "quantize ", "calibrate ", "lsq-grad ", "adaround ", "kurtosis ", "pq ", "gptq "}) {
     const auto r = run(std::string(sub) + "--help");
     INFO(sub << r.output);
     CHECK(r.code == 0);
@@ -993,6 +993,52 @@ TEST_CASE("eval and ptq on a model bundle: accuracy, outputs, and ptq's accuracy
     char buf[64];
     std::snprintf(buf, sizeof buf, "top-1 accuracy: %.2f%%", 100.0 * acc);
     CHECK_THAT(reported, Catch::StartsWith(buf));
+    CHECK(no_leftovers());
+  }
+
+  SECTION("ptq --rounding gptq keeps the observer's scales, stays on the grid, and reconstructs no worse than nearest") {
+    // Weight-only W4 per channel: the weight scales depend on the (folded) weights alone, so
+    // a nearest run and a GPTQ run must store the same scales; GPTQ changes only the integers.
+    const std::string near = path("small_near"), gq = path("small_gptq");
+    std::system(("rm -rf " + near + " " + gq).c_str());
+    const std::string base = "ptq --model " + bundle + " --calib " + path("calib_imgs.npy") +
+                             " --weight-bits 4 --act-bits 32 --weight-granularity per-channel --weight-observer mse -q -o ";
+    auto rn = run(base + near);
+    INFO(rn.output);
+    REQUIRE(rn.code == 0);
+    r = run(base + gq + " --rounding gptq");
+    INFO(r.output);
+    REQUIRE(r.code == 0);
+    const auto rep = read_json(gq + "/report.json");
+    CHECK(rep["options"]["rounding"] == "gptq");
+    CHECK(rep["stage_seconds"].contains("weight quantization (gptq)"));
+    REQUIRE(rep["layers"].size() == 3);
+    for (const auto& l : rep["layers"]) {
+      INFO(l["name"]);
+      if (l["kind"] == "depthwise_conv2d") {  // not one GEMM: nearest, with a note
+        CHECK(l["rounding"] == "nearest");
+        CHECK_FALSE(l.contains("gptq_error"));
+        continue;
+      }
+      CHECK(l["rounding"] == "gptq");
+      REQUIRE(l.contains("gptq_error"));
+      CHECK(l["gptq_error"].get<double>() <= l["gptq_rtn_error"].get<double>() * (1.0 + 1e-9));
+    }
+    CHECK(rep["notes"].dump().find("c2: depthwise_conv2d is not one GEMM; rounded to nearest") != std::string::npos);
+    for (const char* name : {"c1", "c2", "fc"}) {
+      INFO(name);
+      const auto jn = read_json(near + "/" + name + ".weight.json"), jg = read_json(gq + "/" + name + ".weight.json");
+      REQUIRE(jn["scales"] == jg["scales"]);
+      const auto w = read_npy(gq + "/" + name + ".weight.npy").as<float>();
+      const auto sc = jg["scales"].get<std::vector<float>>();
+      REQUIRE(!sc.empty());
+      const std::size_t per = w.size() / sc.size();
+      for (std::size_t i = 0; i < w.size(); ++i) {
+        const float q = w[i] / sc[i / per];
+        CHECK(std::fabs(q - std::nearbyint(q)) < 1e-4f);
+        CHECK(std::fabs(q) <= 8.0f);
+      }
+    }
     CHECK(no_leftovers());
   }
 

@@ -5,7 +5,7 @@
 //             [--weight-bits 8] [--act-bits 8|32] [--weight-granularity per-tensor|per-channel]
 //             [--weight-observer minmax|mse] [--act-observer minmax|mse] [--no-fold-bn] [--cle]
 //             [--bias-absorption] [--bias-correction none|empirical|analytic]
-//             [--rounding nearest|adaround] [--iterations N]
+//             [--rounding nearest|adaround|gptq] [--iterations N]
 //
 // Writes OUT_DIR as a quantized bundle (fake-quantized float weights, one encodings file per
 // weight and activation quantizer) plus report.json (options, per-stage seconds, per-layer
@@ -57,8 +57,8 @@ class ptq_command : public command {
     c->add_option("--bias-correction", bias_correction_, "none, empirical or analytic")
         ->check(CLI::IsMember({"none", "empirical", "analytic"}))
         ->capture_default_str();
-    c->add_option("--rounding", rounding_, "nearest or adaround")
-        ->check(CLI::IsMember({"nearest", "adaround"}))
+    c->add_option("--rounding", rounding_, "nearest, adaround or gptq (GPTQ with the observer's scales)")
+        ->check(CLI::IsMember({"nearest", "adaround", "gptq"}))
         ->capture_default_str();
     c->add_option("--iterations", iterations_, "AdaRound iterations per layer")
         ->check(CLI::Range(std::size_t(1), std::size_t(10000000)))
@@ -109,7 +109,9 @@ class ptq_command : public command {
     o.weight_observer = weight_observer_ == "mse" ? examples::range_method::mse : examples::range_method::minmax;
     o.act_observer = act_observer_ == "mse" ? examples::range_method::mse : examples::range_method::minmax;
     o.act_bits = act_bits_;
-    o.rounding = rounding_ == "adaround" ? examples::weight_rounding::adaround : examples::weight_rounding::nearest;
+    o.rounding = rounding_ == "adaround" ? examples::weight_rounding::adaround
+                 : rounding_ == "gptq"   ? examples::weight_rounding::gptq
+                                         : examples::weight_rounding::nearest;
     o.adaround.iterations = iterations_;
     o.adaround.seed = seed_;
     o.adaround_samples = adaround_samples_;
