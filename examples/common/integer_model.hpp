@@ -487,6 +487,17 @@ template <class T>
 void maxpool_sample(const T* x, T* y, const integer_op& op) {
   const std::size_t C = op.in_shape[0], H = op.in_shape[1], W = op.in_shape[2];
   const std::size_t OH = op.out_shape[1], OW = op.out_shape[2];
+  if (op.kernel_h == 2 && op.kernel_w == 2 && op.stride_h == 2 && op.stride_w == 2 && op.pad_h == 0 && op.pad_w == 0) {
+    for (std::size_t c = 0; c < C; ++c)  // the common 2x2 / 2 window: no bounds to check
+      for (std::size_t oy = 0; oy < OH; ++oy) {
+        const T* r0 = x + (c * H + 2 * oy) * W;
+        const T* r1 = r0 + W;
+        T* out = y + (c * OH + oy) * OW;
+        for (std::size_t ox = 0; ox < OW; ++ox)
+          out[ox] = std::max(std::max(r0[2 * ox], r0[2 * ox + 1]), std::max(r1[2 * ox], r1[2 * ox + 1]));
+      }
+    return;
+  }
   for (std::size_t c = 0; c < C; ++c)
     for (std::size_t oy = 0; oy < OH; ++oy)
       for (std::size_t ox = 0; ox < OW; ++ox) {
@@ -503,6 +514,18 @@ void maxpool_sample(const T* x, T* y, const integer_op& op) {
         }
         y[(c * OH + oy) * OW + ox] = m;
       }
+}
+
+// rows [P, out] (one sample of the GEMM's NHWC output) -> planes [out, P], in 16 x 16 tiles.
+template <class T>
+void rows_to_planes(const T* src, T* dst, std::size_t P, std::size_t out) {
+  constexpr std::size_t B = 16;
+  for (std::size_t p0 = 0; p0 < P; p0 += B)
+    for (std::size_t o0 = 0; o0 < out; o0 += B) {
+      const std::size_t p1 = std::min(P, p0 + B), o1 = std::min(out, o0 + B);
+      for (std::size_t o = o0; o < o1; ++o)
+        for (std::size_t p = p0; p < p1; ++p) dst[o * P + p] = src[p * out + o];
+    }
 }
 
 // One op of an accumulator segment on one sample (integer_op::acc_ops): relu as max(v, 0),
@@ -607,20 +630,14 @@ inline void run_chunk_integer(const integer_model& im, std::size_t n, chunk_stat
               quant::integer_gemm(rows, nrows, K, op.input.zero_point, op.packed, op.bias.data(), op.rq, nhwc.data(),
                                   out);
               quant::detail::parallel_for(n, n * out_size, [&](std::size_t s) {
-                const std::uint8_t* src = nhwc.data() + s * P * out;
-                std::uint8_t* dst = st.qn.data() + s * out_size;
-                for (std::size_t p = 0; p < P; ++p)
-                  for (std::size_t o = 0; o < out; ++o) dst[o * P + p] = src[p * out + o];
+                rows_to_planes(nhwc.data() + s * P * out, st.qn.data() + s * out_size, P, out);
               });
             }
           } else {
             std::vector<std::int32_t> nhwc(nrows * out);
             quant::integer_gemm_s32(rows, nrows, K, op.input.zero_point, op.packed, op.bias.data(), nhwc.data(), out);
             quant::detail::parallel_for(n, n * acc_size, [&](std::size_t s) {
-              const std::int32_t* src = nhwc.data() + s * P * out;
-              std::int32_t* dst = st.acc.data() + s * acc_size;
-              for (std::size_t p = 0; p < P; ++p)
-                for (std::size_t o = 0; o < out; ++o) dst[o * P + p] = src[p * out + o];
+              rows_to_planes(nhwc.data() + s * P * out, st.acc.data() + s * acc_size, P, out);
             });
           }
         }
@@ -819,11 +836,9 @@ inline integer_run_result run_integer_model(const integer_model& im, const xt::x
       integer_detail::run_chunk_exact(im, n, st, r.logits.data() + b * out_size, rec);
     }
   };
-  if (mode == integer_mode::integer) {
-    for (std::size_t t = 0; t < chunks; ++t) chunk(t);  // the kernels are parallel inside
-  } else {
-    quant::detail::parallel_for(chunks, std::size_t(1) << 20, chunk);  // BLAS single-threaded
-  }
+  // Chunks in parallel (the kernels then run serially inside each; with one chunk they are
+  // threaded themselves). Results do not depend on the thread count either way.
+  quant::detail::parallel_for(chunks, std::size_t(1) << 20, chunk);
   return r;
 }
 
