@@ -11,6 +11,7 @@
 // New methods (KURE, Quant-Noise, PQ) add a function here and a line in row_registry().
 #pragma once
 
+#include <chrono>
 #include <cmath>
 #include <functional>
 #include <optional>
@@ -22,6 +23,7 @@
 #include <iostream>
 
 #include <quant/adaround.hpp>
+#include <quant/gptq.hpp>
 #include <quant/lsq.hpp>
 #include <quant/observers.hpp>
 #include <quant/optim.hpp>
@@ -223,6 +225,71 @@ inline result_row run_adaround(const model_context& c, int wbits, int abits) {
   return row;
 }
 
+// GPTQ (Frantar 2022) layer by layer, first to last, on the quantized model's input X_hat
+// (activation-quantized with abits). Per-channel rows use the per-channel MSE scales of RTN
+// MSE (GPTQ changes only the rounding); with `group`, scales per group of `group` input
+// columns recomputed when each group starts, falling back to per channel where K is not a
+// multiple of the group. then_adaround: AdaRound (as run_adaround, same scales) started
+// from GPTQ's integers. The note gives each layer's calibration reconstruction error over
+// RTN's with the same scales, and the time of the quantization (forwards included).
+inline result_row run_gptq(const model_context& c, int wbits, int abits, std::size_t group = 0,
+                           bool then_adaround = false) {
+  const auto t0 = std::chrono::steady_clock::now();
+  quantized_model q{c.fp32, {}};
+  if (abits != 32) q.act = calibrate_activations(c.fp32, c.calib.x, abits);
+  std::vector<matrix> fp_inputs;
+  if (then_adaround) fp_inputs = layer_inputs(c.fp32, c.calib.x, nullptr);
+  std::string note, fallback;
+  double gptq_seconds = 0.0;
+  for (std::size_t l = 0; l < q.net.layers.size(); ++l) {
+    const layer& L = c.fp32.layers[l];
+    const forward_hooks h = q.hooks();
+    matrix a_hat = layer_inputs(q.net, c.calib.x, &h)[l];
+    if (!q.act.empty()) q.act[l](a_hat);
+    const matrix X_hat = gemm_input(L.spec, std::move(a_hat));
+    const std::size_t K = L.W.shape()[1];
+    quant::gptq_result r;
+    if (group && K % group == 0) {
+      quant::gptq_options g;
+      g.grid = quant::grid::int_signed(wbits);
+      g.group_size = group;
+      g.group_scales = quant::gptq_group_scales::at_group_start;
+      r = quant::gptq_layer(L.W, X_hat, g);
+    } else {
+      if (group) fallback += (fallback.empty() ? "" : ",") + std::string("L") + std::to_string(l);
+      r = quant::gptq_layer(L.W, X_hat, weight_qparams(L.W, wbits, range_method::mse));
+    }
+    gptq_seconds += r.report.seconds;
+    double ratio = r.report.rtn_error > 0 ? r.report.gptq_error / r.report.rtn_error : 1.0;
+    q.net.layers[l].W = r.weights;
+    if (then_adaround) {
+      quant::adaround_options o;
+      o.iterations = c.budget.adaround_iterations;
+      o.batch_size = batch_rows(L.spec);
+      o.seed = c.seed + l;
+      o.act = L.spec.relu ? quant::activation::relu : quant::activation::identity;
+      o.initial_v = quant::adaround_init_from_integers(L.W, r.integer_weights, r.qparams);
+      o.progress = printer("gptq+adaround " + c.fp32.name + wa_label("", wbits, abits) + " layer " + std::to_string(l));
+      const quant::adaround_result a =
+          quant::adaround_layer(L.W, gemm_input(L.spec, fp_inputs[l]), r.qparams, o, &X_hat, &L.b);
+      q.net.layers[l].W = a.weights;
+      ratio = a.report.rtn_error > 0 ? a.report.adaround_error / a.report.rtn_error : 1.0;
+    }
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "%sL%zu %.3g", l ? ", " : "recon. error vs RTN: ", l, ratio);
+    note += buf;
+  }
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const forward_hooks h = q.hooks();
+  const std::string name = then_adaround ? "GPTQ+AdaRound" : group ? "GPTQ g" + std::to_string(group) : "GPTQ";
+  result_row row = make_row(name, wa_series(name, abits), wbits, abits, accuracy(q.net, c.test, &h));
+  char buf[96];
+  std::snprintf(buf, sizeof buf, "; %.1f s (GPTQ calls %.2f s)", seconds, gptq_seconds);
+  row.note = note + buf;
+  if (!fallback.empty()) row.note += "; per channel (K not a multiple of " + std::to_string(group) + "): " + fallback;
+  return row;
+}
+
 // QDrop (Wei 2022) through quant::reconstruct_block, one block per layer (the conv layers
 // as Linear blocks on their im2col rows, so the 2x2 pooling stays outside the block):
 // AdaRound V and the LSQ step size of the block input learned jointly, the input
@@ -404,6 +471,16 @@ inline std::vector<row_def> row_registry() {
     rows.push_back({b == 2 ? all : "mlp", wa_label("AdaRound", b, 4), [=](const model_context& c) { return run_adaround(c, b, 4); }, false});
     rows.push_back({"mlp", wa_label("QDrop", b, 4), [=](const model_context& c) { return run_qdrop(c, b, 4); }, b == 2});
   }
+  // GPTQ (per-channel MSE scales; groups of 32 with per-group scales; GPTQ-initialised
+  // AdaRound). --quick keeps one cheap row: the MLP's GPTQ W3.
+  for (int b : {4, 3, 2}) {
+    rows.push_back({"mlp", wa_label("GPTQ", b, 32), [=](const model_context& c) { return run_gptq(c, b, 32); }, b == 3});
+    rows.push_back({"cnn", wa_label("GPTQ", b, 32), [=](const model_context& c) { return run_gptq(c, b, 32); }, false});
+  }
+  rows.push_back({all, wa_label("GPTQ", 2, 4), [=](const model_context& c) { return run_gptq(c, 2, 4); }, false});
+  rows.push_back({all, wa_label("GPTQ g32", 3, 32), [=](const model_context& c) { return run_gptq(c, 3, 32, 32); }, false});
+  rows.push_back({all, wa_label("GPTQ+AdaRound", 2, 32), [=](const model_context& c) { return run_gptq(c, 2, 32, 0, true); },
+                  false});
   // QAT rows fine-tune the whole network: the MLP only (the CNN's would dominate the run).
   for (bool plus : {false, true})
     for (int b : {4, 2})
