@@ -56,6 +56,21 @@ inline void use_single_threaded_blas_for_runner() {
   if (auto f = reinterpret_cast<set_threads_fn>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"))) f(1);
 }
 
+// The im2col geometry of conv layer l on an input of shape [C, H, W].
+inline quant::conv2d_shape conv_geometry(const model_layer& l, const std::vector<std::size_t>& in_shape) {
+  quant::conv2d_shape g;
+  g.channels = in_shape[0];
+  g.height = in_shape[1];
+  g.width = in_shape[2];
+  g.kernel_h = l.weight.shape()[2];
+  g.kernel_w = l.weight.shape()[3];
+  g.stride_h = l.stride_h;
+  g.stride_w = l.stride_w;
+  g.pad_h = l.pad_h;
+  g.pad_w = l.pad_w;
+  return g;
+}
+
 // What a hook sees: the input of weight layer `layer` for `samples` samples, row-major
 // [samples, sample_shape...] (after the layer's input quantizer when one is applied).
 struct layer_input {
@@ -129,16 +144,8 @@ inline std::vector<prepared_layer> prepare(const model& m) {
       }
     }
     if (l.type == layer_type::conv2d && l.groups == 1) {
-      auto& g = p.geometry;
-      g.channels = shape[0];
-      g.height = shape[1];
-      g.width = shape[2];
-      g.kernel_h = l.weight.shape()[2];
-      g.kernel_w = l.weight.shape()[3];
-      g.stride_h = l.stride_h;
-      g.stride_w = l.stride_w;
-      g.pad_h = l.pad_h;
-      g.pad_w = l.pad_w;
+      p.geometry = conv_geometry(l, shape);
+      const auto& g = p.geometry;
       p.pointwise = g.kernel_h == 1 && g.kernel_w == 1 && g.stride_h == 1 && g.stride_w == 1 && g.pad_h == 0 &&
                     g.pad_w == 0;
     }

@@ -230,16 +230,7 @@ inline xt::xtensor<float, 2> gemm_rows(const model_layer& l, const std::vector<s
     std::copy(x.data(), x.data() + n * F, rows.data());
     return rows;
   }
-  quant::conv2d_shape g;
-  g.channels = in_shape[0];
-  g.height = in_shape[1];
-  g.width = in_shape[2];
-  g.kernel_h = l.weight.shape()[2];
-  g.kernel_w = l.weight.shape()[3];
-  g.stride_h = l.stride_h;
-  g.stride_w = l.stride_w;
-  g.pad_h = l.pad_h;
-  g.pad_w = l.pad_w;
+  const quant::conv2d_shape g = conv_geometry(l, in_shape);
   xt::xtensor<float, 2> rows = xt::xtensor<float, 2>::from_shape({n * g.positions(), g.patch_size()});
   for (std::size_t s = 0; s < n; ++s)
     quant::kernels::im2col(x.data() + s * g.image_size(), rows.data() + s * g.positions() * g.patch_size(), g);
@@ -265,16 +256,7 @@ inline quant::input_mean_accumulator input_means(const model_layer& l, const std
     acc.add(as_matrix(mean.data(), 1, F));
     return acc;
   }
-  quant::conv2d_shape g;
-  g.channels = in_shape[0];
-  g.height = in_shape[1];
-  g.width = in_shape[2];
-  g.kernel_h = l.weight.shape()[2];
-  g.kernel_w = l.weight.shape()[3];
-  g.stride_h = l.stride_h;
-  g.stride_w = l.stride_w;
-  g.pad_h = l.pad_h;
-  g.pad_w = l.pad_w;
+  const quant::conv2d_shape g = conv_geometry(l, in_shape);
   quant::input_mean_accumulator acc(g.patch_size());
   std::vector<float> rows(g.positions() * g.patch_size());
   quant::kernels::im2col(mean.data(), rows.data(), g);
