@@ -872,6 +872,23 @@ inline activation_grid grid_from_json(const nlohmann::json& j) {
   return g;
 }
 
+// Reads a window op's "kernel", "stride" and "padding" ([h, w] each) into op when present;
+// kernel and stride must be >= 1 (the message starts with `context`).
+inline void window_from_json(const nlohmann::json& j, integer_op& op, const std::string& context) {
+  if (!j.contains("kernel")) return;
+  const auto k = j.at("kernel").get<std::array<std::size_t, 2>>();
+  const auto s = j.at("stride").get<std::array<std::size_t, 2>>();
+  const auto p = j.at("padding").get<std::array<std::size_t, 2>>();
+  op.kernel_h = k[0];
+  op.kernel_w = k[1];
+  op.stride_h = s[0];
+  op.stride_w = s[1];
+  op.pad_h = p[0];
+  op.pad_w = p[1];
+  if (!op.kernel_h || !op.kernel_w || !op.stride_h || !op.stride_w)
+    throw std::invalid_argument(context + "kernel and stride must be >= 1");
+}
+
 inline const char* activation_name(quant::fused_activation a) {
   return a == quant::fused_activation::relu ? "relu" : a == quant::fused_activation::relu6 ? "relu6" : "none";
 }
@@ -1048,19 +1065,7 @@ inline integer_model load_integer_model(const std::string& dir) {
       if (op.kind == integer_op_kind::avgpool2d || op.kind == integer_op_kind::global_avgpool)
         throw std::invalid_argument("average pools appear only in a weight op's accumulator_ops");
       shape = op.out_shape;
-      if (o.contains("kernel")) {
-        const auto k = o.at("kernel").get<std::array<std::size_t, 2>>();
-        const auto s = o.at("stride").get<std::array<std::size_t, 2>>();
-        const auto p = o.at("padding").get<std::array<std::size_t, 2>>();
-        op.kernel_h = k[0];
-        op.kernel_w = k[1];
-        op.stride_h = s[0];
-        op.stride_w = s[1];
-        op.pad_h = p[0];
-        op.pad_w = p[1];
-        if (!op.kernel_h || !op.kernel_w || !op.stride_h || !op.stride_w)
-          throw std::invalid_argument("kernel and stride must be >= 1");
-      }
+      window_from_json(o, op, "");
       if (is_weight_op(op.kind)) {
         const auto ws = o.at("weights_shape").get<std::array<std::size_t, 2>>();
         const std::string wpath = dir + "/" + o.at("weights").get<std::string>();
@@ -1116,19 +1121,7 @@ inline integer_model load_integer_model(const std::string& dir) {
               a.out_shape = sj.at("output_shape").get<std::vector<std::size_t>>();
               if (a.in_shape != sh) throw std::invalid_argument("accumulator_ops: shapes do not chain");
               sh = a.out_shape;
-              if (sj.contains("kernel")) {
-                const auto k = sj.at("kernel").get<std::array<std::size_t, 2>>();
-                const auto st2 = sj.at("stride").get<std::array<std::size_t, 2>>();
-                const auto pd = sj.at("padding").get<std::array<std::size_t, 2>>();
-                a.kernel_h = k[0];
-                a.kernel_w = k[1];
-                a.stride_h = st2[0];
-                a.stride_w = st2[1];
-                a.pad_h = pd[0];
-                a.pad_w = pd[1];
-                if (!a.kernel_h || !a.kernel_w || !a.stride_h || !a.stride_w)
-                  throw std::invalid_argument("accumulator_ops: kernel and stride must be >= 1");
-              }
+              window_from_json(sj, a, "accumulator_ops: ");
               if (a.kind == integer_op_kind::avgpool2d) divisor *= static_cast<std::int64_t>(a.kernel_h * a.kernel_w);
               if (a.kind == integer_op_kind::global_avgpool)
                 divisor *= static_cast<std::int64_t>(a.in_shape.at(1) * a.in_shape.at(2));
