@@ -30,10 +30,6 @@
 
 #include "bench_common.hpp"
 
-// OpenBLAS's thread knobs, if the BLAS linked is OpenBLAS (weak: null otherwise).
-extern "C" void openblas_set_num_threads(int) __attribute__((weak));
-extern "C" int openblas_get_num_threads(void) __attribute__((weak));
-
 namespace {
 
 constexpr std::size_t out_ch = 256, in_ch = 1152, batch = 256, samples = 4096;
@@ -67,33 +63,8 @@ quant::adaround_options options() {
   return o;
 }
 
-// quant's threads from state.range(1), OpenBLAS's from state.range(2), for one benchmark;
-// both restored afterwards. `ok` is false (and the run skipped) if the BLAS is not
-// OpenBLAS and another BLAS thread count than 1 is asked for.
-struct threads_for_run {
-  bool ok = true;
-  int blas_before = 1;
-  explicit threads_for_run(benchmark::State& state) {
-    const int blas = static_cast<int>(state.range(2));
-    if (!(openblas_set_num_threads && openblas_get_num_threads)) {
-      ok = blas == 1;
-      if (!ok) state.SkipWithError("setting the BLAS thread count needs OpenBLAS");
-    } else {
-      blas_before = openblas_get_num_threads();
-      openblas_set_num_threads(blas);
-    }
-    quant::set_num_threads(static_cast<int>(state.range(1)));
-  }
-  ~threads_for_run() {
-    quant::set_num_threads(0);
-    if (openblas_set_num_threads) openblas_set_num_threads(blas_before);
-  }
-};
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0.0 : v[v.size() / 2];
-}
+using quant_bench::median;
+using quant_bench::threads_for_run;
 
 // The baseline: the two GEMMs of an iteration alone (a fixed batch, the same shapes and
 // calls), and one interleaved pair: seconds of iteration() and of the GEMMs right after.

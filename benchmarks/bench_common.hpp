@@ -10,6 +10,8 @@
 
 #include <benchmark/benchmark.h>
 
+#include <quant/detail/parallel.hpp>
+
 #include <xtensor/xtensor.hpp>
 
 #include <algorithm>
@@ -17,6 +19,10 @@
 #include <cstring>
 #include <random>
 #include <vector>
+
+// OpenBLAS's thread knobs, if the BLAS linked is OpenBLAS (weak: null otherwise).
+extern "C" void openblas_set_num_threads(int) __attribute__((weak));
+extern "C" int openblas_get_num_threads(void) __attribute__((weak));
 
 namespace quant_bench {
 
@@ -78,6 +84,37 @@ inline bool register_copy_baselines(void (*sizes)(benchmark::internal::Benchmark
   benchmark::RegisterBenchmark("copy_memcpy", copy_memcpy)->Apply(sizes)->UseRealTime();
   benchmark::RegisterBenchmark("copy_loop", copy_loop)->Apply(sizes)->UseRealTime();
   return true;
+}
+
+// quant's threads from state.range(1), OpenBLAS's from state.range(2), for one benchmark;
+// both restored afterwards. `ok` is false (and the run skipped) if the BLAS is not
+// OpenBLAS and another BLAS thread count than 1 is asked for.
+struct threads_for_run {
+  bool ok = true;
+  int blas_before = 1;
+  explicit threads_for_run(benchmark::State& state) {
+    const int blas = static_cast<int>(state.range(2));
+    if (!(openblas_set_num_threads && openblas_get_num_threads)) {
+      ok = blas == 1;
+      if (!ok) state.SkipWithError("setting the BLAS thread count needs OpenBLAS");
+    } else {
+      blas_before = openblas_get_num_threads();
+      openblas_set_num_threads(blas);
+    }
+    quant::set_num_threads(static_cast<int>(state.range(1)));
+  }
+  ~threads_for_run() {
+    quant::set_num_threads(0);
+    if (openblas_set_num_threads) openblas_set_num_threads(blas_before);
+  }
+  threads_for_run(const threads_for_run&) = delete;
+  threads_for_run& operator=(const threads_for_run&) = delete;
+};
+
+// The median (the upper one for an even count; 0 for none).
+inline double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0.0 : v[v.size() / 2];
 }
 
 }  // namespace quant_bench

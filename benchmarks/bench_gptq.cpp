@@ -28,9 +28,6 @@
 
 #include "bench_common.hpp"
 
-extern "C" void openblas_set_num_threads(int) __attribute__((weak));
-extern "C" int openblas_get_num_threads(void) __attribute__((weak));
-
 namespace {
 
 constexpr std::size_t out_ch = 256, in_ch = 1152, samples = 8192;
@@ -48,28 +45,8 @@ const problem& data() {
   return pr;
 }
 
-struct threads_for_run {
-  int blas_before = 1;
-  explicit threads_for_run(benchmark::State& state) {
-    const int blas = static_cast<int>(state.range(2));
-    if (openblas_set_num_threads && openblas_get_num_threads) {
-      blas_before = openblas_get_num_threads();
-      openblas_set_num_threads(blas);
-    } else if (blas != 1) {
-      state.SkipWithError("setting the BLAS thread count needs OpenBLAS");
-    }
-    quant::set_num_threads(static_cast<int>(state.range(1)));
-  }
-  ~threads_for_run() {
-    quant::set_num_threads(0);
-    if (openblas_set_num_threads) openblas_set_num_threads(blas_before);
-  }
-};
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0.0 : v[v.size() / 2];
-}
+using quant_bench::median;
+using quant_bench::threads_for_run;
 
 double seconds_of(const std::chrono::steady_clock::time_point& t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
