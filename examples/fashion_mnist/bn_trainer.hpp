@@ -42,42 +42,24 @@ inline void train_bn(bn_network& net, const split_tensors& train_set, const trai
       slots.push_back({&L.b, l, 1, quant::adam(L.b.size(), ao)});
     }
   }
-  std::mt19937_64 rng(cfg.seed ^ 0x5eedf00dULL);
-  std::vector<std::size_t> idx(train_set.size());
-  for (std::size_t i = 0; i < idx.size(); ++i) idx[i] = i;
-  const std::size_t steps_per_epoch = train_set.size() / cfg.batch;
-  const std::size_t total = cfg.epochs * steps_per_epoch;
-  progress bar("train " + net.name, total);
-  std::size_t t = 0;
-  double running = 0.0;
-  std::vector<std::uint8_t> labels(cfg.batch);
-  for (std::size_t e = 0; e < cfg.epochs; ++e) {
-    shuffle_indices(idx, rng);
-    for (std::size_t s = 0; s < steps_per_epoch; ++s, ++t) {
-      const float lr = quant::cosine_decay(cfg.learning_rate, t, total);
-      matrix xb = gather_rows(train_set.x, idx, s * cfg.batch, cfg.batch);
-      for (std::size_t i = 0; i < cfg.batch; ++i) labels[i] = train_set.labels[idx[s * cfg.batch + i]];
-      std::vector<bn_layer_cache<float>> cache;
-      const matrix logits = bn_forward(net, std::move(xb), true, &cache);
-      matrix dlogits;
-      const double loss = softmax_cross_entropy(logits, labels.data(), dlogits);
-      running = t == 0 ? loss : 0.98 * running + 0.02 * loss;
-      const bn_gradients<float> g = bn_backward(net, cache, std::move(dlogits));
-      update_running_statistics(net, cache);
-      for (auto& sl : slots) {
-        sl.opt.set_learning_rate(lr);
-        switch (sl.what) {
-          case 0: sl.opt.step(net.layers[sl.layer].W, g.dW[sl.layer]); break;
-          case 1: sl.opt.step(*sl.param, g.db[sl.layer]); break;
-          case 2: sl.opt.step(*sl.param, g.dgamma[sl.layer]); break;
-          default: sl.opt.step(*sl.param, g.dbeta[sl.layer]); break;
-        }
+  run_minibatches("train " + net.name, train_set, cfg, [&](float lr, matrix xb, const std::uint8_t* labels) {
+    std::vector<bn_layer_cache<float>> cache;
+    const matrix logits = bn_forward(net, std::move(xb), true, &cache);
+    matrix dlogits;
+    const double loss = softmax_cross_entropy(logits, labels, dlogits);
+    const bn_gradients<float> g = bn_backward(net, cache, std::move(dlogits));
+    update_running_statistics(net, cache);
+    for (auto& sl : slots) {
+      sl.opt.set_learning_rate(lr);
+      switch (sl.what) {
+        case 0: sl.opt.step(net.layers[sl.layer].W, g.dW[sl.layer]); break;
+        case 1: sl.opt.step(*sl.param, g.db[sl.layer]); break;
+        case 2: sl.opt.step(*sl.param, g.dgamma[sl.layer]); break;
+        default: sl.opt.step(*sl.param, g.dbeta[sl.layer]); break;
       }
-      char buf[64];
-      std::snprintf(buf, sizeof buf, "epoch %zu/%zu  loss %.4f", e + 1, cfg.epochs, running);
-      bar.update(t + 1, buf);
     }
-  }
+    return loss;
+  });
 }
 
 // ---- the FP32 cache: <dir>/<key>/{W,b,gamma,beta,mean,var}<i>.npy --------------------------

@@ -69,6 +69,37 @@ struct train_config {
 // Adds a regularizer's gradient to the task gradients of a step (e.g. KURE); may be empty.
 using gradient_hook = std::function<void(const network&, gradients&)>;
 
+// The seeded minibatch schedule the trainers share: cfg.epochs passes over train_set in a
+// fresh shuffle each (the last partial batch dropped), the learning rate cosine-decayed over
+// all steps, a progress bar titled `title` showing a running loss. step(lr, batch, labels)
+// runs one optimisation step on the batch's rows and labels and returns its loss.
+template <class Step>
+void run_minibatches(const std::string& title, const split_tensors& train_set, const train_config& cfg,
+                     Step&& step) {
+  std::mt19937_64 rng(cfg.seed ^ 0x5eedf00dULL);
+  std::vector<std::size_t> idx(train_set.size());
+  for (std::size_t i = 0; i < idx.size(); ++i) idx[i] = i;
+  const std::size_t steps_per_epoch = train_set.size() / cfg.batch;
+  const std::size_t total = cfg.epochs * steps_per_epoch;
+  progress bar(title, total);
+  std::size_t t = 0;
+  double running = 0.0;
+  std::vector<std::uint8_t> labels(cfg.batch);
+  for (std::size_t e = 0; e < cfg.epochs; ++e) {
+    shuffle_indices(idx, rng);
+    for (std::size_t s = 0; s < steps_per_epoch; ++s, ++t) {
+      const float lr = quant::cosine_decay(cfg.learning_rate, t, total);
+      matrix xb = gather_rows(train_set.x, idx, s * cfg.batch, cfg.batch);
+      for (std::size_t i = 0; i < cfg.batch; ++i) labels[i] = train_set.labels[idx[s * cfg.batch + i]];
+      const double loss = step(lr, std::move(xb), labels.data());
+      running = t == 0 ? loss : 0.98 * running + 0.02 * loss;
+      char buf[64];
+      std::snprintf(buf, sizeof buf, "epoch %zu/%zu  loss %.4f", e + 1, cfg.epochs, running);
+      bar.update(t + 1, buf);
+    }
+  }
+}
+
 // Adam on all weights and biases, softmax cross-entropy, cosine learning-rate decay.
 inline void train(network& net, const split_tensors& train_set, const train_config& cfg,
                   const gradient_hook& regularizer = {}) {
@@ -79,39 +110,21 @@ inline void train(network& net, const split_tensors& train_set, const train_conf
     opt_w.emplace_back(l.W.size(), ao);
     opt_b.emplace_back(l.b.size(), ao);
   }
-  std::mt19937_64 rng(cfg.seed ^ 0x5eedf00dULL);
-  std::vector<std::size_t> idx(train_set.size());
-  for (std::size_t i = 0; i < idx.size(); ++i) idx[i] = i;
-  const std::size_t steps_per_epoch = train_set.size() / cfg.batch;
-  const std::size_t total = cfg.epochs * steps_per_epoch;
-  progress bar("train " + net.name, total);
-  std::size_t t = 0;
-  double running = 0.0;
-  std::vector<std::uint8_t> labels(cfg.batch);
-  for (std::size_t e = 0; e < cfg.epochs; ++e) {
-    shuffle_indices(idx, rng);
-    for (std::size_t s = 0; s < steps_per_epoch; ++s, ++t) {
-      const float lr = quant::cosine_decay(cfg.learning_rate, t, total);
-      matrix xb = gather_rows(train_set.x, idx, s * cfg.batch, cfg.batch);
-      for (std::size_t i = 0; i < cfg.batch; ++i) labels[i] = train_set.labels[idx[s * cfg.batch + i]];
-      std::vector<layer_cache> cache;
-      matrix logits = forward(net, std::move(xb), nullptr, &cache);
-      matrix dlogits;
-      const double loss = softmax_cross_entropy(logits, labels.data(), dlogits);
-      running = t == 0 ? loss : 0.98 * running + 0.02 * loss;
-      gradients g = backward(net, cache, std::move(dlogits));
-      if (regularizer) regularizer(net, g);
-      for (std::size_t l = 0; l < net.layers.size(); ++l) {
-        opt_w[l].set_learning_rate(lr);
-        opt_b[l].set_learning_rate(lr);
-        opt_w[l].step(net.layers[l].W, g.dW[l]);
-        opt_b[l].step(net.layers[l].b, g.db[l]);
-      }
-      char buf[64];
-      std::snprintf(buf, sizeof buf, "epoch %zu/%zu  loss %.4f", e + 1, cfg.epochs, running);
-      bar.update(t + 1, buf);
+  run_minibatches("train " + net.name, train_set, cfg, [&](float lr, matrix xb, const std::uint8_t* labels) {
+    std::vector<layer_cache> cache;
+    matrix logits = forward(net, std::move(xb), nullptr, &cache);
+    matrix dlogits;
+    const double loss = softmax_cross_entropy(logits, labels, dlogits);
+    gradients g = backward(net, cache, std::move(dlogits));
+    if (regularizer) regularizer(net, g);
+    for (std::size_t l = 0; l < net.layers.size(); ++l) {
+      opt_w[l].set_learning_rate(lr);
+      opt_b[l].set_learning_rate(lr);
+      opt_w[l].step(net.layers[l].W, g.dW[l]);
+      opt_b[l].step(net.layers[l].b, g.db[l]);
     }
-  }
+    return loss;
+  });
 }
 
 // Argmax accuracy on a split, in batches of 1000.
