@@ -25,8 +25,6 @@
 // (run_options::on_layer_input) makes the run serial so hooks see chunks in order.
 #pragma once
 
-#include <dlfcn.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
@@ -45,16 +43,9 @@
 #include <xtensor/xtensor.hpp>
 
 #include "model_bundle.hpp"
+#include "single_threaded_blas.hpp"
 
 namespace examples {
-
-// OpenBLAS splits a GEMM differently for different thread counts (changing the summation
-// order), and the runner already runs chunks in parallel: pin BLAS to one thread. Looked up
-// at run time so any other BLAS still links.
-inline void use_single_threaded_blas_for_runner() {
-  using set_threads_fn = void (*)(int);
-  if (auto f = reinterpret_cast<set_threads_fn>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"))) f(1);
-}
 
 // The im2col geometry of conv layer l on an input of shape [C, H, W].
 inline quant::conv2d_shape conv_geometry(const model_layer& l, const std::vector<std::size_t>& in_shape) {

@@ -20,24 +20,15 @@
 #include <string>
 #include <vector>
 
-#include <dlfcn.h>
-
 #include <xtensor-blas/xblas.hpp>
 #include <xtensor/xtensor.hpp>
+
+#include "../common/single_threaded_blas.hpp"
 
 namespace examples {
 
 using matrix = xt::xtensor<float, 2>;
 using vector = xt::xtensor<float, 1>;
-
-// OpenBLAS splits a GEMM differently for different thread counts, and the split changes
-// the summation order: pin it to one thread so the demo's numbers are the same on every
-// machine with the same BLAS kernels (and, on a shared 2-core box, it is also faster).
-// Looked up at run time so any other BLAS still links.
-inline void use_single_threaded_blas() {
-  using set_threads_fn = void (*)(int);
-  if (auto f = reinterpret_cast<set_threads_fn>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"))) f(1);
-}
 
 struct layer_spec {
   enum class kind { dense, conv3x3 } type = kind::dense;

@@ -167,7 +167,7 @@ std::size_t distinct(const xt::xarray<std::uint8_t>& a) {
 }  // namespace
 
 TEST_CASE("integer runner equals the exact simulation bit for bit", "[integer_model]") {
-  use_single_threaded_blas_for_runner();
+  use_single_threaded_blas();
   for (int bits : {8, 4}) {
     for (auto rounding : {quant::requantization::fixed_point, quant::requantization::float_scale}) {
       const auto format = bits == 4 ? weight_format::int4 : weight_format::int8;

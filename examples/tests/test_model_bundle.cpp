@@ -486,7 +486,7 @@ TEST_CASE("model bundle: malformed bundles name the file and the field", "[model
 }
 
 TEST_CASE("model runner: every layer type against a float64 reference", "[model_runner]") {
-  examples::use_single_threaded_blas_for_runner();
+  examples::use_single_threaded_blas();
   const model m = every_layer_model();
   examples::validate_model(m);
   const xt::xarray<float> x = random_array({5, 3, 9, 9}, 99);
@@ -572,7 +572,7 @@ TEST_CASE("model runner: every layer type against a float64 reference", "[model_
 }
 
 TEST_CASE("model runner: logits match PyTorch on the golden bundle (tools/make_bundle_golden.py)", "[model_runner]") {
-  examples::use_single_threaded_blas_for_runner();
+  examples::use_single_threaded_blas();
   // Exported by tools/export_bundle.py from an nn.Sequential with every layer type (BN in
   // eval mode with non-default statistics, depthwise stride 2, grouped with a 2x3 kernel and
   // (1, 2) stride, padded max/avg pools, global pooling, flatten, bias-free layers).

@@ -92,7 +92,7 @@ double max_rel_diff(const xt::xarray<float>& a, const xt::xarray<float>& b) {
 }  // namespace
 
 TEST_CASE("ptq pipeline: folding and CLE keep the float function; grids and encodings", "[ptq]") {
-  examples::use_single_threaded_blas_for_runner();
+  examples::use_single_threaded_blas();
   const model m = bn_network();
   const xt::xarray<float> calib = uniform({64, 1, 8, 8}, 77, -1.0f, 2.0f);
   const xt::xarray<float> reference = examples::run_model(m, calib);

@@ -99,7 +99,7 @@ class eval_command : public command {
     const xt::xarray<float> x = load_float(input_);
     std::vector<std::int64_t> labels;
     if (!labels_.empty()) labels = load_labels(labels_);
-    examples::use_single_threaded_blas_for_runner();
+    examples::use_single_threaded_blas();
     examples::run_options ro;
     ro.batch = batch_;
     std::fprintf(stderr, "eval: %zu samples through %zu layers\n", x.shape().empty() ? std::size_t(0) : x.shape()[0],

@@ -121,7 +121,7 @@ class ptq_command : public command {
     o.batch = batch_;
     if (!quiet_) o.progress = [](const std::string& s) { std::fprintf(stderr, "ptq: %s\n", s.c_str()); };
 
-    examples::use_single_threaded_blas_for_runner();
+    examples::use_single_threaded_blas();
     const examples::ptq_result r = examples::run_ptq(*m, calib, o, ex ? &*ex : nullptr, ex ? &labels : nullptr);
     const json report = examples::ptq_report_json(r.report, o);
     try {

@@ -59,7 +59,7 @@ class run_command : public command {
     const xt::xarray<float> x = load_float(input_);
     std::vector<std::int64_t> labels;
     if (!labels_.empty()) labels = load_labels(labels_);
-    examples::use_single_threaded_blas_for_runner();
+    examples::use_single_threaded_blas();
     if (check_) return check_exact(im, x, labels);
     const bool exact = simulate_ == "exact";
     const auto t0 = std::chrono::steady_clock::now();
