@@ -234,10 +234,11 @@ auto ste_backward(const xt::xexpression<E>& x, const xt::xexpression<D>& dy, con
 }
 
 // Same, into a caller-provided row-major float container (resized if needed; may alias dy).
-template <class Round = round_half_to_even, class E, class D, class O>
+// Only such a container is an `out` (SFINAE: an lvalue ste_mode selects the overload above).
+template <class Round = round_half_to_even, class E, class D, class O,
+          std::enable_if_t<detail::is_row_major_float_container<O>::value, int> = 0>
 void ste_backward(const xt::xexpression<E>& x, const xt::xexpression<D>& dy, const qparams& p, O& out,
                   ste_mode mode = ste_mode::clipped, const Round& round = {}) {
-  static_assert(detail::is_row_major_float_container<O>::value, "out must be a row-major float container");
   const char* fn = "ste_backward";
   const auto in = detail::as_contiguous(x);
   const auto g = detail::as_contiguous(dy);

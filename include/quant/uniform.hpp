@@ -373,9 +373,11 @@ auto fake_quantize(const xt::xexpression<E>& x, const qparams& p, const Round& r
 }
 
 // fake_quantize(x) into a caller-provided container (resized if needed; may alias x).
-template <class Round = round_half_to_even, class Convention = pytorch_convention, class E, class O>
+// Only a row-major float container is an `out` (SFINAE, not a static_assert: a rounding
+// policy passed as an lvalue must select the overload above).
+template <class Round = round_half_to_even, class Convention = pytorch_convention, class E, class O,
+          std::enable_if_t<detail::is_row_major_float_container<O>::value, int> = 0>
 void fake_quantize(const xt::xexpression<E>& x, const qparams& p, O& out, const Round& round = {}) {
-  static_assert(detail::is_row_major_float_container<O>::value, "out must be a row-major float container");
   auto in = detail::as_contiguous(x);
   const auto plan = detail::make_segment_plan(in.shape(), p, "fake_quantize");
   if (!std::equal(in.shape().begin(), in.shape().end(), out.shape().begin(), out.shape().end())) {
