@@ -42,6 +42,17 @@ inline std::vector<float> tie_floats(std::size_t n, float s, int range) {
   return v;
 }
 
+// A pointer `offset` floats past the first 64-byte boundary in buf: a start misaligned by
+// exactly offset * 4 bytes for every pack width up to AVX-512 (offset < 16). For n elements
+// past the pointer, buf must hold n + 32 floats.
+inline float* at_misalignment(std::vector<float>& buf, std::size_t offset) {
+  const std::uintptr_t a = reinterpret_cast<std::uintptr_t>(buf.data());
+  const std::size_t lead = ((64 - a % 64) % 64) / sizeof(float);
+  float* p = buf.data() + lead + offset;
+  REQUIRE(reinterpret_cast<std::uintptr_t>(p) % 64 == offset * sizeof(float) % 64);
+  return p;
+}
+
 inline std::uint32_t bits_of(float x) {
   std::uint32_t u;
   std::memcpy(&u, &x, 4);
