@@ -8,6 +8,8 @@
 #include "../examples/common/encodings_json.hpp"
 
 #include <catch2/catch.hpp>
+#include <cstdio>
+#include <fstream>
 #include <string>
 
 namespace {
@@ -48,5 +50,29 @@ TEST_CASE("encodings JSON: numbers are range- and type-checked before conversion
              Contains("group_size = -2: out of range"));
   CHECK_THAT(error_of(doc("8", "[0.5, 0.25]", "[0, 1]", R"("granularity": "per_group", "axis": -1, "group_size": 2)")),
              Contains("accepted"));
+}
+TEST_CASE("encodings JSON file: the whole file is one document", "[examples][json]") {
+  // Found by fuzz_encodings_json: the reader used operator>>, which stops after the first
+  // value, so a file with bytes after the document was accepted.
+  using Catch::Contains;
+  const std::string path = "test_encodings_json_trailing.json";
+  const std::string good = doc("8", "[0.5]", "[3]");
+  auto read_with = [&](const std::string& text) {
+    std::ofstream(path, std::ios::binary | std::ios::trunc) << text;
+    try {
+      const quant::qparams p = examples::encodings_from_file(path);
+      std::remove(path.c_str());
+      return "accepted: z " + std::to_string(p.zero_point());
+    } catch (const examples::encodings_error& e) {
+      std::remove(path.c_str());
+      return std::string(e.what());
+    }
+  };
+  SECTION("trailing whitespace is part of a document") { CHECK(read_with(good + " \n\t\r\n") == "accepted: z 3"); }
+  SECTION("a second value, a stray brace or binary bytes after it are not") {
+    CHECK_THAT(read_with(good + "{}"), Contains(path) && Contains("not a quant encodings file"));
+    CHECK_THAT(read_with(good + "}"), Contains("not a quant encodings file"));
+    CHECK_THAT(read_with(good + std::string("\xff\x00", 2)), Contains("not a quant encodings file"));
+  }
 }
 #endif

@@ -130,7 +130,7 @@ inline quant::qparams encodings_from_file(const std::string& path) {
   if (!f) throw encodings_error(path + ": cannot open");
   nlohmann::json j;
   try {
-    f >> j;
+    j = nlohmann::json::parse(f);  // the whole file: trailing bytes after the document are an error
   } catch (const nlohmann::json::exception& e) {
     throw encodings_error(path + ": not a quant encodings file (" + e.what() + ")");
   }

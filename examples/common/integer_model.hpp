@@ -1019,7 +1019,7 @@ inline integer_model load_integer_model(const std::string& dir) {
   if (!in) throw bundle_error(file, "", "cannot open");
   nlohmann::json j;
   try {
-    in >> j;
+    j = nlohmann::json::parse(in);  // the whole file: trailing bytes after the document are an error
   } catch (const std::exception& e) {
     throw bundle_error(file, "", std::string("not valid JSON: ") + e.what());
   }

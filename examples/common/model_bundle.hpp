@@ -424,7 +424,7 @@ inline model load_model(const std::string& dir) {
   if (!in) throw bundle_error(r.json_file, "", "cannot open (is '" + dir + "' a model bundle directory?)");
   nlohmann::json j;
   try {
-    in >> j;
+    j = nlohmann::json::parse(in);  // the whole file: trailing bytes after the document are an error
   } catch (const nlohmann::json::exception& e) {
     throw bundle_error(r.json_file, "", std::string("not valid JSON: ") + e.what());
   }

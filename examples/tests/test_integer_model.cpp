@@ -335,6 +335,14 @@ TEST_CASE("engine directory round trip", "[integer_model]") {
     std::ofstream(dir + "/engine.json") << text;
     CHECK_THROWS_WITH(load_integer_model(dir), Catch::Contains("requantization"));
   }
+  SECTION("bytes after the JSON document are an error, trailing whitespace is not") {
+    const std::string dir = tmp_dir("trailing");
+    save_integer_model(make_integer_model(small_mlp(8, 1)), dir);
+    std::ofstream(dir + "/engine.json", std::ios::app) << " \n\t";
+    CHECK_NOTHROW(load_integer_model(dir));
+    std::ofstream(dir + "/engine.json", std::ios::app) << "}x";
+    CHECK_THROWS_WITH(load_integer_model(dir), Catch::Contains("engine.json") && Catch::Contains("not valid JSON"));
+  }
 }
 
 TEST_CASE("export errors name the layer", "[integer_model]") {

@@ -369,6 +369,11 @@ TEST_CASE("model bundle: malformed bundles name the file and the field", "[model
     fs::remove(json_file);
     require_bundle_error(dir, json_file, "", "cannot open");
   }
+  SECTION("bytes after the JSON document (found by fuzz_encodings_json in the sibling reader)") {
+    fresh();
+    std::ofstream(json_file, std::ios::app) << "\n{}";
+    require_bundle_error(dir, json_file, "", "not valid JSON");
+  }
   SECTION("missing tensor file") {
     fresh();
     fs::remove(dir + "/conv1.weight.npy");
