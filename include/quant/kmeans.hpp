@@ -103,7 +103,8 @@ struct kmeans_rng {
   double unit() { return static_cast<double>(g() >> 11) * (1.0 / 9007199254740992.0); }
 };
 
-inline void check_points(const float* x, std::size_t n, std::size_t d, const char* fn) {
+inline void check_points(const float* x, std::size_t n, std::size_t d, const char* fn, const char* argument = "points",
+                         const char* row = "point") {
   if (d == 0) fail<invalid_argument>(fn, "d", d, "subvector dimension must be >= 1");
   const std::size_t total = n * d;
   const std::size_t bad = parallel_reduce(
@@ -117,7 +118,7 @@ inline void check_points(const float* x, std::size_t n, std::size_t d, const cha
   if (bad) {
     std::size_t i = 0;
     while (std::isfinite(x[i])) ++i;
-    fail<domain_error>(fn, "points", x[i], std::to_string(bad) + " NaN/inf values (first at point " +
+    fail<domain_error>(fn, argument, x[i], std::to_string(bad) + " NaN/inf values (first at " + row + " " +
                                                std::to_string(i / d) + "): k-means needs finite data");
   }
 }
@@ -341,7 +342,7 @@ inline kmeans_result kmeans(const float* x, std::size_t n, std::size_t d, const 
     if (ic.shape()[0] != k || ic.shape()[1] != d)
       detail::fail<length_error>(fn, "initial_centroids", detail::shape_string(ic.shape()),
                                  "must be [k, d] = [" + std::to_string(k) + ", " + std::to_string(d) + "]");
-    detail::check_points(ic.data(), k, d, fn);
+    detail::check_points(ic.data(), k, d, fn, "initial_centroids", "centroid");
   }
 
   // Training set: all points, or a seeded sample (indices sorted for locality).
@@ -409,7 +410,7 @@ xt::xtensor<std::uint32_t, 1> kmeans_assign(const xt::xexpression<E>& points, co
     detail::fail<length_error>(fn, "centroids", detail::shape_string(centroids.shape()), "must have d = " + std::to_string(d) + " columns");
   if (k == 0) detail::fail<invalid_argument>(fn, "k", k, "must be >= 1");
   detail::check_points(in.data(), n, d, fn);
-  detail::check_points(centroids.data(), k, d, fn);
+  detail::check_points(centroids.data(), k, d, fn, "centroids", "centroid");
   xt::xtensor<std::uint32_t, 1> idx = xt::xtensor<std::uint32_t, 1>::from_shape({n});
   detail::assign(in.data(), n, d, centroids.data(), k, gemm_min_dim, idx.data());
   return idx;
@@ -429,6 +430,8 @@ kmeans_update_result kmeans_update(const xt::xexpression<E>& points, const xt::x
   detail::check_k(n, k, fn);
   for (auto a : assignments)
     if (a >= k) detail::fail<invalid_argument>(fn, "assignment", a, "must be < k = " + std::to_string(k));
+  detail::check_points(in.data(), n, d, fn);
+  detail::check_points(centroids.data(), k, d, fn, "centroids", "centroid");
   kmeans_update_result r;
   r.centroids = centroids;
   r.empty_splits = detail::update_centroids(in.data(), n, d, assignments.data(), k, eps, r.centroids.data(), r.counts);
