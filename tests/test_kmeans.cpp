@@ -246,3 +246,23 @@ TEST_CASE("kmeans_update and kmeans_initial_centroids validate their arguments",
   bad[5] = std::nanf("");
   CHECK_THROWS_AS(kmeans_initial_centroids(as_matrix(bad, d), k, kmeans_init::random_sample, 1), quant::domain_error);
 }
+
+TEST_CASE("kmeans_update rejects NaN and infinite points and centroids, naming them", "[kmeans][errors]") {
+  const std::size_t d = 4, n = 10, k = 3;
+  auto x = blobs(n, d, k, 5);
+  const xt::xtensor<float, 2> c = kmeans_initial_centroids(as_matrix(x, d), k, kmeans_init::random_sample, 2);
+  xt::xtensor<std::uint32_t, 1> a = xt::zeros<std::uint32_t>({n});
+  for (std::size_t i = 0; i < n; ++i) a(i) = static_cast<std::uint32_t>(i % k);
+  auto bad = x;
+  bad[2 * d + 1] = std::nanf("");  // point 2
+  CHECK_THROWS_AS(kmeans_update(as_matrix(bad, d), a, c), quant::domain_error);
+  CHECK_THROWS_WITH(kmeans_update(as_matrix(bad, d), a, c),
+                    Catch::Contains("kmeans_update: points = nan") && Catch::Contains("first at point 2"));
+  bad[2 * d + 1] = -INFINITY;
+  CHECK_THROWS_AS(kmeans_update(as_matrix(bad, d), a, c), quant::domain_error);
+  xt::xtensor<float, 2> bad_c = c;
+  bad_c(1, 3) = std::nanf("");
+  CHECK_THROWS_WITH(kmeans_update(as_matrix(x, d), a, bad_c),
+                    Catch::Contains("kmeans_update: centroids = nan") && Catch::Contains("first at centroid 1"));
+  CHECK_THROWS_AS(kmeans_update(as_matrix(x, d), a, bad_c), quant::domain_error);
+}
