@@ -18,8 +18,10 @@
 // OpenBLAS, or another BLAS, the scope changes nothing. See docs/threading.md.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdlib>
+#include <exception>
 #include <vector>
 
 #if defined(_OPENMP)
@@ -112,16 +114,35 @@ class beside_blas {
 };
 
 // Calls f(t) for t in [0, count). Parallel only when total_elements is large enough.
+// An exception thrown by f reaches the caller as the serial loop would throw it: the one
+// of the lowest piece that throws (an exception must not leave an OpenMP region, where it
+// would call std::terminate, so pieces catch it and the loop rethrows it after the join).
+// Pieces above a failed one may be skipped; what they would have written is unspecified.
 template <class F>
 void parallel_for(std::size_t count, std::size_t total_elements, F&& f) {
 #if defined(_OPENMP)
   const int threads = num_threads();
   if (threads > 1 && count > 1 && total_elements >= parallel_min_elements) {
     const long long n = static_cast<long long>(count);
+    std::atomic<std::size_t> first_failed{count};  // lowest piece that threw so far
+    std::exception_ptr error;                       // its exception (written under the lock)
     // dynamic: a thread that starts late (the machine is busy) takes fewer pieces instead
     // of holding the others at the barrier; results do not depend on who runs a piece.
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
-    for (long long t = 0; t < n; ++t) f(static_cast<std::size_t>(t));
+    for (long long t = 0; t < n; ++t) {
+      const std::size_t piece = static_cast<std::size_t>(t);
+      if (piece > first_failed.load(std::memory_order_relaxed)) continue;
+      try {
+        f(piece);
+      } catch (...) {
+#pragma omp critical(quant_parallel_for_error)
+        if (piece < first_failed.load(std::memory_order_relaxed)) {
+          first_failed.store(piece, std::memory_order_relaxed);
+          error = std::current_exception();
+        }
+      }
+    }
+    if (error) std::rethrow_exception(error);
     return;
   }
 #endif
