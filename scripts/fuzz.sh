@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer harnesses of fuzz/ (clang-14, -fsanitize=fuzzer,address,undefined)
-# and runs each for SECONDS seconds (default 60) on a copy of its seed corpus, one after
-# the other. Installs clang-14 and libclang-rt-14-dev if missing (as scripts/install-deps.sh
-# does for the rest). Exit status 1 if any harness found something; the reproducer is
-# left in $OUT_DIR/<harness>/ (crash-*, leak-*, oom-*, timeout-*) and its log beside it.
+# and runs each for SECONDS seconds (default 60) on a copy of its seed corpus, RUN_JOBS
+# harnesses at a time (default nproc: each libFuzzer process uses one core). Installs
+# clang-14 and libclang-rt-14-dev if missing (as scripts/install-deps.sh does for the
+# rest). Exit status 1 if any harness found something; the reproducer is left in
+# $OUT_DIR/<harness>/ (crash-*, leak-*, oom-*, timeout-*) and its log beside it.
 #   scripts/fuzz.sh [SECONDS]
 # Environment: BUILD_DIR (default build-fuzzers), OUT_DIR (default $BUILD_DIR/runs),
-# FUZZERS (space-separated subset, default all), JOBS (build parallelism, default nproc).
+# FUZZERS (space-separated subset, default all), JOBS (build parallelism, default nproc),
+# RUN_JOBS (harnesses run at the same time, default nproc).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${1:-60}"
@@ -34,16 +36,34 @@ cmake -S fuzz -B "$build" -DCMAKE_CXX_COMPILER=clang++-14 >/dev/null
 cmake --build "$build" -j "${JOBS:-$(nproc)}" --target $fuzzers
 
 bin="$(cd "$build" && pwd)"
-status=0
-printf '%-22s %12s %10s  %s\n' harness executions exec/s result
-for f in $fuzzers; do
-  work="$out/$f"
+run_jobs="${RUN_JOBS:-$(nproc)}"
+# One harness: fresh copy of its seeds, bounded run, log in $out/<harness>/log.
+run_one() {
+  local f="$1" work="$out/$1"
   rm -rf "$work"
   mkdir -p "$work/corpus"
   cp fuzz/corpus/"$f"/* "$work/corpus/" 2>/dev/null || true
   # -rss_limit_mb / -malloc_limit_mb: a reader that allocates what a header claims is a finding.
-  if (cd "$work" && "$bin/$f" -max_total_time="$seconds" -rss_limit_mb=2048 -malloc_limit_mb=512 -timeout=20 \
-        -print_final_stats=1 corpus >log 2>&1); then
+  (cd "$work" && "$bin/$f" -max_total_time="$seconds" -rss_limit_mb=2048 -malloc_limit_mb=512 -timeout=20 \
+     -print_final_stats=1 corpus >log 2>&1)
+}
+declare -A pid_of
+running=0
+for f in $fuzzers; do
+  if [ "$running" -ge "$run_jobs" ]; then
+    wait -n || true
+    running=$((running - 1))
+  fi
+  run_one "$f" &
+  pid_of[$f]=$!
+  running=$((running + 1))
+done
+
+status=0
+printf '%-22s %12s %10s  %s\n' harness executions exec/s result
+for f in $fuzzers; do
+  work="$out/$f"
+  if wait "${pid_of[$f]}"; then
     result=ok
   else
     result="FOUND (see $work/log)"
