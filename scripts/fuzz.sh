@@ -8,7 +8,9 @@
 #   scripts/fuzz.sh [SECONDS]
 # Environment: BUILD_DIR (default build-fuzzers), OUT_DIR (default $BUILD_DIR/runs),
 # FUZZERS (space-separated subset, default all), JOBS (build parallelism, default nproc),
-# RUN_JOBS (harnesses run at the same time, default nproc).
+# RUN_JOBS (harnesses run at the same time, default nproc), SEED (libFuzzer's -seed;
+# default a fresh random seed per run, printed in each log). CI sets a fixed SEED, so its
+# bounded run replays the start of an input sequence that was searched for longer before.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${1:-60}"
@@ -44,7 +46,7 @@ run_one() {
   mkdir -p "$work/corpus"
   cp fuzz/corpus/"$f"/* "$work/corpus/" 2>/dev/null || true
   # -rss_limit_mb / -malloc_limit_mb: a reader that allocates what a header claims is a finding.
-  (cd "$work" && "$bin/$f" -max_total_time="$seconds" -rss_limit_mb=2048 -malloc_limit_mb=512 -timeout=20 \
+  (cd "$work" && "$bin/$f" ${SEED:+-seed="$SEED"} -max_total_time="$seconds" -rss_limit_mb=2048 -malloc_limit_mb=512 -timeout=20 \
      -print_final_stats=1 corpus >log 2>&1)
 }
 declare -A pid_of
