@@ -8,7 +8,20 @@ cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 build="${BUILD_DIR:-build}"
 jobs="${JOBS:-$(nproc)}"
+# Wall and CPU seconds (user + sys of the compilers, linkers and tests) of each phase.
+times_file="$(mktemp)"
+trap 'rm -f "$times_file"' EXIT
+cpu_now() {  # sets cpu: CPU seconds of all finished child processes so far
+  times >"$times_file"
+  cpu=$(awk 'NR == 2 { split($1, u, /[ms]/); split($2, s, /[ms]/); printf "%.0f", u[1] * 60 + u[2] + s[1] * 60 + s[2] }' \
+    "$times_file")
+}
+cpu_now; wall0=$SECONDS cpu0=$cpu
 cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DQUANT_BUILD_TESTS=ON -DQUANT_BUILD_EXAMPLES=ON "$@"
 cmake --build "$build" -j "$jobs"
+cpu_now; wall1=$SECONDS cpu1=$cpu
+echo "run-tests.sh ($build): configure + build $((wall1 - wall0)) s wall, $((cpu1 - cpu0)) s CPU"
 cd "$build"
 ctest --output-on-failure -j "$jobs" ${CTEST_ARGS:-}
+cpu_now
+echo "run-tests.sh ($build): tests $((SECONDS - wall1)) s wall, $((cpu - cpu1)) s CPU"
