@@ -130,12 +130,6 @@ inline std::size_t shape_size(const std::vector<std::size_t>& s) {
   return n;
 }
 
-inline std::string shape_text(const std::vector<std::size_t>& s) {
-  std::string t = "[";
-  for (std::size_t i = 0; i < s.size(); ++i) t += (i ? ", " : "") + std::to_string(s[i]);
-  return t + "]";
-}
-
 namespace detail {
 
 inline std::size_t pooled_size(std::size_t in, std::size_t k, std::size_t s, std::size_t p) {

@@ -72,6 +72,13 @@ struct npy_info {
   std::size_t data_offset = 0;  // bytes before the data
 };
 
+// A shape as "[a, b, c]" for messages.
+inline std::string shape_text(const std::vector<std::size_t>& s) {
+  std::string t = "[";
+  for (std::size_t i = 0; i < s.size(); ++i) t += (i ? ", " : "") + std::to_string(s[i]);
+  return t + "]";
+}
+
 namespace detail {
 
 [[noreturn]] inline void npy_fail(const std::string& path, const std::string& what) {
