@@ -1211,3 +1211,225 @@ TEST_CASE("export and run: integer kernels and exact simulation give identical f
     CHECK_FALSE(exists(path("int_never.npy")));
   }
 }
+
+// ---- lsq-grad and adaround options --------------------------------------------------------
+
+namespace {
+
+// Bytes of a file, or "" when it does not exist.
+std::string file_text(const std::string& p) {
+  std::ifstream f(p, std::ios::binary);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+// Mean over the rows of the summed squared output error of one layer, in double:
+// (1/n) sum_{r, o} (f(W x_r + b) - f(Wq xhat_r + b))_o^2, f = ReLU or identity.
+double layer_error_ref(const std::vector<float>& W, const std::vector<float>& Wq, const std::vector<float>& X,
+                       const std::vector<float>& Xhat, const std::vector<float>& b, bool relu, std::size_t out,
+                       std::size_t in) {
+  const std::size_t n = X.size() / in;
+  auto f = [&](double v) { return relu && v < 0.0 ? 0.0 : v; };
+  double sum = 0.0;
+  for (std::size_t r = 0; r < n; ++r)
+    for (std::size_t o = 0; o < out; ++o) {
+      double t = b.empty() ? 0.0 : b[o], y = t;
+      for (std::size_t i = 0; i < in; ++i) {
+        t += double(W[o * in + i]) * X[r * in + i];
+        y += double(Wq[o * in + i]) * Xhat[r * in + i];
+      }
+      sum += (f(t) - f(y)) * (f(t) - f(y));
+    }
+  return sum / static_cast<double>(n);
+}
+
+// Round-to-nearest (half to even) of W [out, in] on a signed symmetric grid with per-row scales.
+std::vector<std::int32_t> rtn_ref(const std::vector<float>& W, const std::vector<float>& s, std::size_t in, int qmin,
+                                  int qmax) {
+  std::vector<std::int32_t> q(W.size());
+  for (std::size_t k = 0; k < W.size(); ++k) {
+    const float v = std::nearbyint(W[k] * (1.0f / s[k / in]));
+    q[k] = static_cast<std::int32_t>(std::min(std::max(v, float(qmin)), float(qmax)));
+  }
+  return q;
+}
+
+}  // namespace
+
+TEST_CASE("lsq-grad options: --narrow, --elements-per-scale, --convention pytorch; a failed run keeps old outputs") {
+  // u = x / s = -3.6, -2.3, 0.65, 1.45, 3.2, 8.1 with s = 0.2 (no ties).
+  const std::vector<float> x = {-0.72f, -0.46f, 0.13f, 0.29f, 0.64f, 1.62f};
+  const std::vector<float> dy = {0.5f, -1.0f, 2.0f, 0.25f, -0.5f, 1.0f};
+  write_f32(path("ox.npy"), {6}, x);
+  write_f32(path("ody.npy"), {6}, dy);
+  const float s = 0.2f;
+  const std::string base = "lsq-grad --x " + path("ox.npy") + " --dy " + path("ody.npy") + " --scale 0.2 --bits 3";
+  // LSQ (paper) backward written from the formula for the grid [qmin, qmax].
+  auto expect = [&](int qmin, int qmax, std::vector<float>& dx, double& ds) {
+    dx.assign(x.size(), 0.0f);
+    ds = 0.0;
+    for (std::size_t i = 0; i < x.size(); ++i) {
+      const double u = static_cast<double>(x[i] * (1.0f / s));
+      if (u >= qmin && u <= qmax) dx[i] = dy[i];
+      ds += dy[i] * (u < qmin ? qmin : u > qmax ? qmax : std::nearbyint(u) - u);
+    }
+  };
+
+  SECTION("--narrow drops the lowest grid value: u = -3.6 leaves the 3-bit grid [-3, 3]") {
+    for (const bool narrow : {false, true}) {
+      const auto r = run(base + (narrow ? " --narrow" : "") + " --no-gradient-scaling --dx " + path("odx.npy") +
+                         " -o " + path("olsq.json"));
+      INFO(r.output);
+      REQUIRE(r.code == 0);
+      std::vector<float> dx;
+      double ds = 0.0;
+      expect(narrow ? -3 : -4, 3, dx, ds);
+      CHECK(read_npy(path("odx.npy")).as<float>() == dx);
+      CHECK(read_json(path("olsq.json"))["dscale"][0].get<double>() == Approx(ds).epsilon(1e-5));
+    }
+    std::vector<float> wide, narrow;
+    double ds = 0.0;
+    expect(-4, 3, wide, ds);
+    expect(-3, 3, narrow, ds);
+    CHECK(wide != narrow);  // the data tells the two grids apart
+  }
+
+  SECTION("--elements-per-scale N sets the gradient scale g = 1 / sqrt(N qmax)") {
+    std::vector<float> dx;
+    double ds = 0.0;
+    expect(-4, 3, dx, ds);
+    for (const std::size_t n : {std::size_t(0), std::size_t(2), std::size_t(50)}) {
+      const auto r = run(base + (n ? " --elements-per-scale " + std::to_string(n) : std::string()) + " --dx " +
+                         path("odx.npy") + " -o " + path("olsq.json"));
+      INFO(n << "\n" << r.output);
+      REQUIRE(r.code == 0);
+      const double g = 1.0 / std::sqrt(double(n ? n : x.size()) * 3.0);  // default N: all 6 elements
+      const auto j = read_json(path("olsq.json"));
+      CHECK(j["gradient_scale"].get<double>() == Approx(g).epsilon(1e-6));
+      CHECK(j["dscale"][0].get<double>() == Approx(ds * g).epsilon(1e-5));
+    }
+  }
+
+  SECTION("--convention pytorch: an integer zero point added before rounding, dz = -dy s outside") {
+    const int z = 2, qmin = -4, qmax = 3;
+    const auto r = run(base + " --zero-point 2 --convention pytorch --no-gradient-scaling --dx " + path("odx.npy") +
+                       " --dzero-point-out " + path("odz.npy") + " -o " + path("olsq.json"));
+    INFO(r.output);
+    REQUIRE(r.code == 0);
+    std::vector<float> dx(x.size(), 0.0f);
+    double dz = 0.0;
+    for (std::size_t i = 0; i < x.size(); ++i) {
+      const double xq = std::nearbyint(static_cast<double>(x[i] * (1.0f / s)) + z);  // -7.3 -0.3 2.65 3.45 5.2 10.1
+      if (xq >= qmin && xq <= qmax) dx[i] = dy[i];
+      else dz += -double(dy[i]) * s;
+    }
+    CHECK(read_npy(path("odx.npy")).as<float>() == dx);
+    CHECK(read_npy(path("odz.npy")).as<float>()[0] == Approx(dz).epsilon(1e-6));
+    const auto j = read_json(path("olsq.json"));
+    CHECK(j["convention"] == "pytorch");
+    CHECK(j["dzero_point"][0].get<double>() == Approx(dz).epsilon(1e-6));
+    // The paper convention reads the same number as an offset in x's units: another mask.
+    const auto p = run(base + " --zero-point 2 --no-gradient-scaling --dx " + path("odx_paper.npy"));
+    REQUIRE(p.code == 0);
+    CHECK(read_npy(path("odx_paper.npy")).as<float>() != dx);
+  }
+
+  SECTION("a run that fails after its work leaves the earlier outputs as they were") {
+    REQUIRE(run(base + " --dx " + path("okeep.npy") + " -o " + path("okeep.json")).code == 0);
+    const std::string dx_before = file_text(path("okeep.npy")), json_before = file_text(path("okeep.json"));
+    // --dzero-point-out without --zero-point is refused only once dx has been computed.
+    const auto r = run(base + " --narrow --dx " + path("okeep.npy") + " -o " + path("okeep.json") +
+                       " --dzero-point-out " + path("okeep_dz.npy"));
+    CHECK(r.code == 2);
+    CHECK_THAT(r.output, Catch::Contains("--dzero-point-out needs --zero-point"));
+    CHECK(file_text(path("okeep.npy")) == dx_before);
+    CHECK(file_text(path("okeep.json")) == json_before);
+    CHECK_FALSE(exists(path("okeep_dz.npy")));
+    CHECK(no_leftovers());
+  }
+}
+
+TEST_CASE("adaround options: --bias, --relu, --quantized-inputs, --lr, --lambda, --batch") {
+  const std::size_t out = 6, in = 12, n = 128;
+  std::mt19937 g(2024);
+  std::normal_distribution<float> nd(0.0f, 1.0f);
+  std::vector<float> w(out * in), xs(n * in), xq(n * in), b(out);
+  for (auto& v : w) v = nd(g);
+  for (auto& v : xs) v = nd(g);
+  for (std::size_t k = 0; k < xq.size(); ++k) xq[k] = xs[k] + 0.2f * nd(g);  // the inputs after earlier quantizers
+  for (auto& v : b) v = 2.0f * nd(g);
+  write_f32(path("pw.npy"), {out, in}, w);
+  write_f32(path("px.npy"), {n, in}, xs);
+  write_f32(path("pxq.npy"), {n, in}, xq);
+  write_f32(path("pb.npy"), {out}, b);
+  const std::string dir_a = path("pa"), common = "adaround -w " + path("pw.npy") + " -x " + path("px.npy") +
+                                                 " --bits 3 --seed 1 -q ";
+  ::mkdir(dir_a.c_str(), 0755);
+  auto run_in = [&](const std::string& args) {
+    const auto r = run(common + args + " -o " + dir_a);
+    INFO(args << "\n" << r.output);
+    REQUIRE(r.code == 0);
+    return read_json(dir_a + "/report.json");
+  };
+
+  SECTION("--bias, --relu and --quantized-inputs enter the reported errors as documented") {
+    for (const bool with_options : {false, true}) {
+      const auto j = run_in("--iterations 30" + std::string(with_options ? " --bias " + path("pb.npy") + " --relu" +
+                                                                               " --quantized-inputs " + path("pxq.npy")
+                                                                         : ""));
+      const auto s = read_npy(dir_a + "/scales.npy").as<float>();
+      const auto wq = read_npy(dir_a + "/weights.npy").as<float>();
+      std::vector<float> w_rtn(w.size());
+      const auto q = rtn_ref(w, s, in, -4, 3);
+      for (std::size_t k = 0; k < w.size(); ++k) w_rtn[k] = static_cast<float>(q[k]) * s[k / in];
+      const std::vector<float>& xhat = with_options ? xq : xs;
+      const std::vector<float> bias = with_options ? b : std::vector<float>{};
+      const double rtn = layer_error_ref(w, w_rtn, xs, xhat, bias, with_options, out, in);
+      CHECK(j["activation"] == (with_options ? "relu" : "identity"));
+      CHECK(j["reconstruction_error"]["round_to_nearest"].get<double>() == Approx(rtn).epsilon(1e-4));
+      CHECK(j["reconstruction_error"]["adaround"].get<double>() ==
+            Approx(layer_error_ref(w, wq, xs, xhat, bias, with_options, out, in)).epsilon(1e-4));
+      if (with_options) {  // each of the three options alone changes the expected error by far more than 1e-4
+        CHECK(std::fabs(layer_error_ref(w, w_rtn, xs, xhat, {}, true, out, in) / rtn - 1.0) > 0.01);
+        CHECK(std::fabs(layer_error_ref(w, w_rtn, xs, xhat, b, false, out, in) / rtn - 1.0) > 0.01);
+        CHECK(std::fabs(layer_error_ref(w, w_rtn, xs, xs, b, true, out, in) / rtn - 1.0) > 0.01);
+      }
+    }
+  }
+
+  SECTION("--lr: a vanishing learning rate leaves round-to-nearest, a large one changes roundings") {
+    auto j = run_in("--iterations 50 --lr 1e-12");
+    const auto s = read_npy(dir_a + "/scales.npy").as<float>();
+    CHECK(read_npy(dir_a + "/integer_weights.npy").as<std::int32_t>() == rtn_ref(w, s, in, -4, 3));
+    CHECK(j["flipped_fraction"].get<double>() == 0.0);
+    j = run_in("--iterations 50 --lr 0.05");
+    CHECK(read_npy(dir_a + "/integer_weights.npy").as<std::int32_t>() != rtn_ref(w, s, in, -4, 3));
+    CHECK(j["flipped_fraction"].get<double>() > 0.0);
+  }
+
+  SECTION("--lambda: the regularizer drives h(V) to 0 or 1; without it more of h stays in between") {
+    const double free = run_in("--iterations 200 --lr 0.05 --lambda 0")["non_binary_fraction"].get<double>();
+    const double pushed = run_in("--iterations 200 --lr 0.05 --lambda 1")["non_binary_fraction"].get<double>();
+    INFO(free << " " << pushed);
+    CHECK(free > 0.1);
+    CHECK(pushed < free / 2);
+  }
+
+  SECTION("--batch: rows per step; the same batch reproduces, another changes, more rows than X is refused") {
+    run_in("--iterations 100 --lr 0.05 --batch 8");
+    const std::string first = file_text(dir_a + "/weights.npy"), report = file_text(dir_a + "/report.json");
+    run_in("--iterations 100 --lr 0.05 --batch 8");
+    CHECK(file_text(dir_a + "/weights.npy") == first);
+    CHECK(file_text(dir_a + "/report.json") == report);
+    run_in("--iterations 100 --lr 0.05 --batch 64");
+    const std::string other = file_text(dir_a + "/report.json");
+    CHECK(other != report);
+    const auto r = run(common + "--iterations 100 --lr 0.05 --batch " + std::to_string(n + 1) + " -o " + dir_a);
+    CHECK(r.code == 2);
+    CHECK_THAT(r.output, Catch::Contains("batch_size"));
+    CHECK(file_text(dir_a + "/report.json") == other);  // the failed run left the last outputs alone
+    const int st = std::system(("ls " + dir_a + " | grep -q '\\.tmp-'").c_str());
+    CHECK((WIFEXITED(st) && WEXITSTATUS(st) != 0));  // and no temporary files
+  }
+}
