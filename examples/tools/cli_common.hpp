@@ -1,6 +1,7 @@
 // examples/tools/cli_common.hpp — what every subcommand of the `quant` tool shares: the two
-// error kinds (usage -> exit 2, data -> exit 1), atomic output sets, .npy loading, the grid
-// and parameter options, encodings JSON, and the `command` interface.
+// error kinds (usage -> exit 2, data -> exit 1), atomic output sets, .npy loading (arrays,
+// matrices, a layer's W and X), the grid, observer and parameter options, encodings JSON, and
+// the `command` interface.
 //
 // A subcommand is a class deriving from quant_cli::command: add_to() registers it and its
 // options on the CLI11 app (beside the code that uses them), run() executes it after parsing
@@ -29,6 +30,7 @@
 #include <quant/rounding.hpp>
 #include <xtensor/xadapt.hpp>
 #include <xtensor/xarray.hpp>
+#include <xtensor/xtensor.hpp>
 
 #include "../common/encodings_json.hpp"
 #include "../common/npy_io.hpp"
@@ -104,6 +106,28 @@ inline xt::xarray<float> load_float(const std::string& path) {
 
 inline std::string json_text(const json& j) { return j.dump(2) + "\n"; }
 
+inline std::vector<std::size_t> shape_of(const xt::xarray<float>& x) { return {x.shape().begin(), x.shape().end()}; }
+
+// A 2-D array [rows, columns] from a .npy file; data_error naming the file otherwise.
+inline xt::xtensor<float, 2> load_matrix(const std::string& path) {
+  const xt::xarray<float> a = load_float(path);
+  if (a.dimension() != 2)
+    throw data_error(path + " must be a 2-D array, got shape " + examples::shape_text(shape_of(a)));
+  return a;
+}
+
+// A layer's weights W [out, in] and calibration inputs X [samples, in] from their files.
+struct layer_data {
+  xt::xtensor<float, 2> W, X;
+};
+inline layer_data load_layer_data(const std::string& weights, const std::string& inputs) {
+  layer_data d{load_matrix(weights), load_matrix(inputs)};
+  if (d.X.shape()[1] != d.W.shape()[1])
+    throw data_error("inputs have " + std::to_string(d.X.shape()[1]) + " columns but the weights have " +
+                     std::to_string(d.W.shape()[1]) + " inputs (W is [out, in], X is [samples, in])");
+  return d;
+}
+
 // ---- shared quantizer options -------------------------------------------------------------
 
 struct grid_options {
@@ -115,13 +139,32 @@ struct grid_options {
   quant::scheme sch() const { return scheme == "symmetric" ? quant::scheme::symmetric : quant::scheme::asymmetric; }
 };
 
-inline void add_grid_options(CLI::App* c, grid_options& g) {
+// Which grid flags a subcommand takes: lsq-grad has no --scheme (its offset is given).
+enum class grid_flags { with_scheme, without_scheme };
+
+// The grid flags --bits/-b, --unsigned, --narrow (and --scheme), for every subcommand.
+inline void add_grid_options(CLI::App* c, grid_options& g, grid_flags which = grid_flags::with_scheme) {
   c->add_option("--bits,-b", g.bits, "bit width of the integer grid")->check(CLI::Range(2, 16))->capture_default_str();
   c->add_flag("--unsigned", g.is_unsigned, "unsigned grid [0, 2^b - 1] (default: signed)");
   c->add_flag("--narrow", g.narrow, "narrow range: drop the lowest grid value");
-  c->add_option("--scheme", g.scheme, "symmetric (zero point 0) or asymmetric")
-      ->check(CLI::IsMember({"symmetric", "asymmetric"}))
-      ->capture_default_str();
+  if (which == grid_flags::with_scheme)
+    c->add_option("--scheme", g.scheme, "symmetric (zero point 0) or asymmetric")
+        ->check(CLI::IsMember({"symmetric", "asymmetric"}))
+        ->capture_default_str();
+}
+
+// An observer choice (minmax or mse) named `name`; `observer` holds the default (empty: none).
+inline void add_observer_option(CLI::App* c, std::string& observer, const std::string& help,
+                                const std::string& name = "--observer") {
+  c->add_option(name, observer, help)->check(CLI::IsMember({"minmax", "mse"}))->capture_default_str();
+}
+
+// The qparams the named observer (minmax or mse) gives for x: per tensor, or per channel along `axis`.
+template <class E>
+quant::qparams observe(const E& x, const grid_options& g, const std::string& observer,
+                       std::optional<std::ptrdiff_t> axis) {
+  return observer == "mse" ? quant::calibrate_mse(x, g.grid(), g.sch(), axis)
+                           : quant::calibrate_minmax(x, g.grid(), g.sch(), axis);
 }
 
 struct param_source {
@@ -140,8 +183,7 @@ inline void add_param_options(CLI::App* c, param_source& p) {
       ->check(CLI::PositiveNumber);
   c->add_option("--scale", p.scale, "explicit scale: a number, or a .npy file with one scale per channel/group");
   c->add_option("--zero-point", p.zero_point, "explicit zero point(s): a number or a .npy file (default 0)");
-  c->add_option("--observer", p.observer, "derive the parameters from the data: minmax or mse")
-      ->check(CLI::IsMember({"minmax", "mse"}));
+  add_observer_option(c, p.observer, "derive the parameters from the data: minmax or mse");
   c->add_option("--params", p.params_json, "parameters from a JSON file written by `quant calibrate`");
   c->add_option("--rounding", p.rounding,
                 "half_to_even, half_away_from_zero, half_up, floor, ceil, toward_zero or stochastic")
@@ -150,6 +192,21 @@ inline void add_param_options(CLI::App* c, param_source& p) {
       ->capture_default_str();
   c->add_option("--seed", p.seed, "seed of stochastic rounding")->capture_default_str();
 }
+
+// The options fake-quant and quantize share: the input and output arrays, the grid and the
+// source of the parameters.
+struct array_quantizer_options {
+  std::string input, output;
+  grid_options grid;
+  param_source params;
+
+  void add_to(CLI::App* c, const std::string& output_help) {
+    c->add_option("-i,--input", input, "input .npy (float32 or float64)")->required();
+    c->add_option("-o,--output", output, output_help)->required();
+    add_grid_options(c, grid);
+    add_param_options(c, params);
+  }
+};
 
 inline bool parse_number(const std::string& s, double& v) {
   char* end = nullptr;
@@ -204,8 +261,7 @@ inline quant::qparams observe_groups(const xt::xarray<float>& x, const grid_opti
   const std::size_t rows = x.size() / ps.group;
   auto view = xt::adapt(x.data(), x.size(), xt::no_ownership(), std::vector<std::size_t>{rows, ps.group});
   xt::xtensor<float, 2> blocks = view;
-  const quant::qparams per_row = ps.observer == "mse" ? quant::calibrate_mse(blocks, go.grid(), go.sch(), 0)
-                                                      : quant::calibrate_minmax(blocks, go.grid(), go.sch(), 0);
+  const quant::qparams per_row = observe(blocks, go, ps.observer, 0);
   return quant::qparams::per_group(go.grid(), per_row.scales(), per_row.zero_points(), *ps.axis, ps.group);
 }
 
@@ -227,8 +283,7 @@ inline quant::qparams resolve_params(const xt::xarray<float>& x, const grid_opti
   }
   if (!ps.observer.empty()) {
     if (ps.group) return observe_groups(x, go, ps, axis);
-    if (ps.observer == "mse") return quant::calibrate_mse(x, go.grid(), go.sch(), ps.axis);
-    return quant::calibrate_minmax(x, go.grid(), go.sch(), ps.axis);
+    return observe(x, go, ps.observer, ps.axis);
   }
   const std::vector<float> s = numbers_or_npy(ps.scale, "--scale");
   std::vector<std::int32_t> z(s.size(), 0);
@@ -256,8 +311,6 @@ auto with_rounding(const param_source& ps, F&& f) {
   if (ps.rounding == "stochastic") return f(quant::round_stochastic{ps.seed});
   return f(quant::round_half_to_even{});
 }
-
-inline std::vector<std::size_t> shape_of(const xt::xarray<float>& x) { return {x.shape().begin(), x.shape().end()}; }
 
 inline xt::xarray<float> to_array(const std::vector<float>& v) {
   return xt::adapt(v, std::vector<std::size_t>{v.size()});

@@ -35,9 +35,7 @@ class gptq_command : public command {
         ->required()
         ->check(CLI::ExistingDirectory);
     add_grid_options(c, grid_);
-    c->add_option("--observer", observer_, "scales from mse or minmax (per channel, or per group)")
-        ->check(CLI::IsMember({"minmax", "mse"}))
-        ->capture_default_str();
+    add_observer_option(c, observer_, "scales from mse or minmax (per channel, or per group)");
     c->add_option("--group-size", group_size_, "one scale per N consecutive input columns (default: per channel)")
         ->check(CLI::PositiveNumber);
     c->add_option("--group-scales", group_scales_,
@@ -53,11 +51,9 @@ class gptq_command : public command {
   }
 
   int run() override {
-    const xt::xtensor<float, 2> W = matrix(load_float(weights_), weights_);
-    const xt::xtensor<float, 2> X = matrix(load_float(inputs_), inputs_);
-    if (X.shape()[1] != W.shape()[1])
-      throw data_error("inputs have " + std::to_string(X.shape()[1]) + " columns but the weights have " +
-                       std::to_string(W.shape()[1]) + " inputs (W is [out, in], X is [samples, in])");
+    const layer_data data = load_layer_data(weights_, inputs_);
+    const xt::xtensor<float, 2>& W = data.W;
+    const xt::xtensor<float, 2>& X = data.X;
     if (X.shape()[0] == 0) throw data_error(inputs_ + " has no rows");
     if (group_scales_ != "fixed" && group_size_ == 0) throw usage_error("--group-scales needs --group-size");
     quant::gptq_options o;
@@ -107,12 +103,6 @@ class gptq_command : public command {
   }
 
  private:
-  static xt::xtensor<float, 2> matrix(const xt::xarray<float>& a, const std::string& name) {
-    if (a.dimension() != 2)
-      throw data_error(name + " must be a 2-D array, got shape " + quant::detail::shape_string(a.shape()));
-    return a;
-  }
-
   std::string weights_, inputs_, out_dir_;
   grid_options grid_;
   std::string observer_ = "mse", group_scales_ = "fixed";

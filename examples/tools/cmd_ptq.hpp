@@ -45,12 +45,8 @@ class ptq_command : public command {
     c->add_option("--weight-granularity", granularity_, "per-tensor or per-channel (axis 0)")
         ->check(CLI::IsMember({"per-tensor", "per-channel"}))
         ->capture_default_str();
-    c->add_option("--weight-observer", weight_observer_, "minmax or mse")
-        ->check(CLI::IsMember({"minmax", "mse"}))
-        ->capture_default_str();
-    c->add_option("--act-observer", act_observer_, "minmax or mse")
-        ->check(CLI::IsMember({"minmax", "mse"}))
-        ->capture_default_str();
+    add_observer_option(c, weight_observer_, "minmax or mse", "--weight-observer");
+    add_observer_option(c, act_observer_, "minmax or mse", "--act-observer");
     c->add_flag("--fold-bn,!--no-fold-bn", fold_bn_, "fold batch norms into the layer before (default on)");
     c->add_flag("--cle", cle_, "cross-layer equalization");
     c->add_flag("--bias-absorption", absorption_, "high-bias absorption (needs --cle)");
