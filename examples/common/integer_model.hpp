@@ -268,6 +268,27 @@ inline void check_accumulator_bound(const integer_op& op) {
   }
 }
 
+// The op of layer i of the model on an input of shape `shape`: its name ("layers[i]" when the
+// layer has none), input and output shapes; `shape` advances to the output shape.
+inline integer_op op_of_layer(const model_layer& l, std::size_t i, std::vector<std::size_t>& shape) {
+  integer_op op;
+  op.name = l.name.empty() ? "layers[" + std::to_string(i) + "]" : l.name;
+  op.in_shape = shape;
+  op.out_shape = detail::layer_output_shape(l, shape, "<model>", "layers[" + std::to_string(i) + "]");
+  shape = op.out_shape;
+  return op;
+}
+
+// The window of a conv or pooling op: the kernel size, and the stride and padding of layer l.
+inline void set_window(integer_op& op, std::size_t kernel_h, std::size_t kernel_w, const model_layer& l) {
+  op.kernel_h = kernel_h;
+  op.kernel_w = kernel_w;
+  op.stride_h = l.stride_h;
+  op.stride_w = l.stride_w;
+  op.pad_h = l.pad_h;
+  op.pad_w = l.pad_w;
+}
+
 }  // namespace integer_detail
 
 // The integer model of a quantized bundle (header comment). Throws integer_export_error.
@@ -290,11 +311,7 @@ inline integer_model make_integer_model(const model& m, quant::requantization ro
   std::size_t next_weight = 0;  // index into weight_layers
   for (std::size_t i = 0; i < m.layers.size(); ++i) {
     const model_layer& l = m.layers[i];
-    integer_op op;
-    op.name = l.name.empty() ? "layers[" + std::to_string(i) + "]" : l.name;
-    op.in_shape = shape;
-    op.out_shape = detail::layer_output_shape(l, shape, "<model>", "layers[" + std::to_string(i) + "]");
-    shape = op.out_shape;
+    integer_op op = op_of_layer(l, i, shape);
     op.zero_point = current.zero_point;
     op.lo = current.qmin;
     op.hi = current.qmax;
@@ -315,14 +332,7 @@ inline integer_model make_integer_model(const model& m, quant::requantization ro
           fail(op.name, "grouped convolution (groups " + std::to_string(l.groups) +
                             ") that is not depthwise is not supported");
         }
-        if (op.kind != integer_op_kind::linear) {
-          op.kernel_h = l.weight.shape()[2];
-          op.kernel_w = l.weight.shape()[3];
-          op.stride_h = l.stride_h;
-          op.stride_w = l.stride_w;
-          op.pad_h = l.pad_h;
-          op.pad_w = l.pad_w;
-        }
+        if (op.kind != integer_op_kind::linear) set_window(op, l.weight.shape()[2], l.weight.shape()[3], l);
         integer_weights(l, op, format);
         std::vector<float> b(op.weight_scales.size(), 0.0f);
         if (l.bias) std::copy(l.bias->begin(), l.bias->end(), b.begin());
@@ -343,17 +353,8 @@ inline integer_model make_integer_model(const model& m, quant::requantization ro
             op.acc_shape = op.out_shape;
             for (std::size_t j = i + 1; j < nw; ++j) {
               const model_layer& a = m.layers[j];
-              integer_op s;
-              s.name = a.name.empty() ? "layers[" + std::to_string(j) + "]" : a.name;
-              s.in_shape = shape;
-              s.out_shape = detail::layer_output_shape(a, shape, "<model>", "layers[" + std::to_string(j) + "]");
-              shape = s.out_shape;
-              s.kernel_h = a.kernel_h;
-              s.kernel_w = a.kernel_w;
-              s.stride_h = a.stride_h;
-              s.stride_w = a.stride_w;
-              s.pad_h = a.pad_h;
-              s.pad_w = a.pad_w;
+              integer_op s = op_of_layer(a, j, shape);
+              set_window(s, a.kernel_h, a.kernel_w, a);
               switch (a.type) {
                 case layer_type::relu: s.kind = integer_op_kind::clamp; break;
                 case layer_type::maxpool2d: s.kind = integer_op_kind::maxpool2d; break;
@@ -405,12 +406,7 @@ inline integer_model make_integer_model(const model& m, quant::requantization ro
         if (before_first && l.type == layer_type::avgpool2d)
           fail(op.name, "avgpool2d before the first weight layer does not commute with the input quantizer");
         op.kind = l.type == layer_type::maxpool2d ? integer_op_kind::maxpool2d : integer_op_kind::avgpool2d;
-        op.kernel_h = l.kernel_h;
-        op.kernel_w = l.kernel_w;
-        op.stride_h = l.stride_h;
-        op.stride_w = l.stride_w;
-        op.pad_h = l.pad_h;
-        op.pad_w = l.pad_w;
+        set_window(op, l.kernel_h, l.kernel_w, l);
         break;
       case layer_type::global_avgpool:
         if (after_last) fail(op.name, "only flatten may follow the last weight layer (its output is the logits)");
