@@ -13,6 +13,8 @@
 
 #include <catch2/catch.hpp>
 
+#include <quant/detail/parallel.hpp>
+
 namespace quant_test {
 
 // Sizes that hit empty input, a single element, pack size +-1 (for SSE..AVX-512) and a
@@ -51,6 +53,34 @@ inline float* at_misalignment(std::vector<float>& buf, std::size_t offset) {
   float* p = buf.data() + lead + offset;
   REQUIRE(reinterpret_cast<std::uintptr_t>(p) % 64 == offset * sizeof(float) % 64);
   return p;
+}
+
+// Call at the start of a 1-vs-2-thread comparison. With OpenMP: requires that
+// set_num_threads(2) gives quant's parallel loops a team of two (then restores the default
+// cap). A build whose CMake asked for OpenMP (QUANT_OPENMP=ON defines
+// QUANT_TEST_EXPECT_OPENMP) but compiled without it fails: the comparison would be a serial
+// run against itself. A build configured without OpenMP has no threads to compare and
+// says so with a WARN, visible in the test output.
+inline void require_two_threads() {
+#if defined(_OPENMP)
+  quant::set_num_threads(2);
+  const int cap = quant::num_threads();
+  std::vector<int> team(8, 0);
+  quant::detail::parallel_for(team.size(), quant::detail::parallel_min_elements,
+                              [&](std::size_t k) { team[k] = omp_get_num_threads(); });
+  quant::set_num_threads(0);
+  INFO("quant::num_threads() after set_num_threads(2): " << cap);
+  REQUIRE(cap == 2);
+  for (std::size_t k = 0; k < team.size(); ++k) {
+    INFO("team size seen by piece " << k);
+    REQUIRE(team[k] == 2);
+  }
+#elif defined(QUANT_TEST_EXPECT_OPENMP)
+  FAIL("QUANT_OPENMP is ON but this test was compiled without OpenMP: a 1-vs-2-thread comparison would compare a "
+       "serial run with itself");
+#else
+  WARN("built without OpenMP: this 1-vs-2-thread comparison runs serially and cannot catch threading bugs");
+#endif
 }
 
 inline std::uint32_t bits_of(float x) {

@@ -70,12 +70,15 @@ TEST_CASE("LSQ / LSQ+ fused kernel matches the reference, every size and alignme
   for (auto conv : {lsq_convention::paper, lsq_convention::pytorch}) {
     for (bool with_offset : {false, true}) {
       for (std::size_t n : quant_test::edge_sizes()) {
-        for (std::size_t offset : {0, 1, 3}) {
-          auto xb = quant_test::normal_floats(n + offset, 11 + static_cast<std::uint32_t>(n), 1.5f);
-          auto gb = quant_test::normal_floats(n + offset, 12 + static_cast<std::uint32_t>(n));
-          auto ties = quant_test::tie_floats(n + offset, 0.125f, 12);
+        for (std::size_t offset = 0; offset < 16; ++offset) {
+          auto xb = quant_test::normal_floats(n + 32, 11 + static_cast<std::uint32_t>(n), 1.5f);
+          auto gb = quant_test::normal_floats(n + 32, 12 + static_cast<std::uint32_t>(n));
+          auto ties = quant_test::tie_floats(n + 32, 0.125f, 12);
           for (std::size_t i = 0; i < xb.size(); i += 3) xb[i] = ties[i];
-          std::vector<float> x(xb.begin() + offset, xb.end()), dy(gb.begin() + offset, gb.end());
+          // x and dy where they lie in xb / gb: offset floats past a 64-byte boundary (dy elsewhere)
+          const float* xp = quant_test::at_misalignment(xb, offset);
+          const float* gp = quant_test::at_misalignment(gb, (offset + 5) % 16);
+          const std::vector<float> x(xp, xp + n), dy(gp, gp + n);
           const lsq_params p = make_params(grid::int_signed(4), {0.125f},
                                            with_offset ? std::vector<float>{conv == lsq_convention::paper ? 0.3f : 2.0f}
                                                        : std::vector<float>{},
@@ -84,12 +87,8 @@ TEST_CASE("LSQ / LSQ+ fused kernel matches the reference, every size and alignme
                                    (with_offset ? "+offset" : "") + " n=" + std::to_string(n) + " offset " +
                                    std::to_string(offset);
           check_against_reference(x, dy, {n}, p, what);
-          // The same data where it lies in xb / gb (misaligned for offset 1, 3), through the
-          // eager entry point (adaptors read in place) and the SIMD kernel, with outputs
-          // misaligned differently.
-          const float* xp = xb.data() + offset;
-          const float* gp = gb.data() + offset;
-          if (offset && n) REQUIRE(reinterpret_cast<std::uintptr_t>(xp) % 16 != 0);
+          // The same data where it lies in xb / gb, through the eager entry point (adaptors
+          // read in place) and the SIMD kernel, with outputs misaligned differently.
           const auto want = ref::lsq(x, dy, {n}, p);
           const std::vector<std::size_t> shape{n};
           const auto r = eager::lsq_forward_backward(xt::adapt(xp, n, xt::no_ownership(), shape),
@@ -97,9 +96,9 @@ TEST_CASE("LSQ / LSQ+ fused kernel matches the reference, every size and alignme
           require_bitwise_equal(r.y, want.y, n, what + " eager y, misaligned");
           require_bitwise_equal(r.grad.dx, want.dx, n, what + " eager dx, misaligned");
           const auto plan = detail::make_lsq_plan(shape, p, "test");
-          std::vector<float> yb(n + 4), dxb(n + 4);
-          float* yp = yb.data() + (offset + 1) % 4;
-          float* dxp = dxb.data() + (offset + 2) % 4;
+          std::vector<float> yb(n + 32), dxb(n + 32);
+          float* yp = quant_test::at_misalignment(yb, (offset + 1) % 16);
+          float* dxp = quant_test::at_misalignment(dxb, (offset + 2) % 16);
           std::vector<double> sds(1), sout(1);
           detail::lsq_backward_dispatch<simd::default_arch>(xp, gp, yp, dxp, plan, p.convention, sds.data(),
                                                             sout.data());
@@ -336,6 +335,7 @@ TEST_CASE("LSQ closed forms: hand-computed gradients", "[lsq]") {
 }
 
 TEST_CASE("LSQ reductions are identical for 1 and 2 threads", "[lsq]") {
+  quant_test::require_two_threads();  // fails if "2 threads" would be a serial run
   const std::size_t n = 7 * 37451;  // > 2^18, several pieces per channel
   auto x = quant_test::normal_floats(n, 41, 2.0f);
   auto dy = quant_test::normal_floats(n, 42);
@@ -570,5 +570,32 @@ TEST_CASE("LSQ on an unsigned narrow grid (0 off the grid) matches the reference
                             make_params(grid::int_unsigned(4, true), {0.1f}, {conv == lsq_convention::paper ? -0.2f : 3.0f},
                                         std::nullopt, conv),
                             c + " per tensor, LSQ+");
+  }
+}
+
+TEST_CASE("LSQ NaN policy: NaN x gives y = NaN, dx = 0 and a NaN gradient for its own scale only", "[lsq][nan]") {
+  // As PyTorch's _fake_quantize_learnable_per_*_affine: the NaN element fails both clamp
+  // tests, so dx = 0; its term of the scale gradient, round(x/s) - x/s, is NaN.
+  for (auto conv : {lsq_convention::paper, lsq_convention::pytorch}) {
+    INFO((conv == lsq_convention::paper ? "paper" : "pytorch"));
+    const std::size_t rows = 2, cols = 40;
+    auto x = quant_test::normal_floats(rows * cols, 71, 1.0f);
+    const auto dy = quant_test::normal_floats(rows * cols, 72);
+    x[7] = std::nanf("");  // row 0 only
+    const lsq_params p = make_params(grid::int_signed(4), {0.2f, 0.3f}, {}, 0, conv);
+    const auto xa = xt::adapt(x, std::vector<std::size_t>{rows, cols});
+    const auto da = xt::adapt(dy, std::vector<std::size_t>{rows, cols});
+    const auto r = eager::lsq_forward_backward(xa, da, p);
+    CHECK(std::isnan(r.y.flat(7)));
+    CHECK(r.grad.dx.flat(7) == 0.0f);
+    REQUIRE(r.grad.dscale.size() == 2);
+    CHECK(std::isnan(r.grad.dscale[0]));
+    CHECK(std::isfinite(r.grad.dscale[1]));
+    // every other element as without the NaN
+    const auto want = ref::lsq(x, dy, {rows, cols}, p);
+    require_bitwise_equal(r.y, want.y, x.size(), "y");
+    require_bitwise_equal(r.grad.dx, want.dx, x.size(), "dx");
+    // the forward alone passes NaN too
+    CHECK(std::isnan(eager::lsq_forward(xa, p).flat(7)));
   }
 }

@@ -22,24 +22,24 @@ std::vector<float> times(const std::vector<float>& a, const std::vector<float>& 
 TEST_CASE("eager clipped STE matches dy * reference mask, every size and alignment", "[ste]") {
   const qparams p = qparams::per_tensor(grid::int_signed(4), 0.25f, 2);
   for (std::size_t n : quant_test::edge_sizes()) {
-    for (std::size_t offset : {0, 1, 3}) {
-      auto xb = quant_test::normal_floats(n + offset, 3 + static_cast<std::uint32_t>(n), 2.0f);
-      auto gb = quant_test::normal_floats(n + offset, 4 + static_cast<std::uint32_t>(n));
+    for (std::size_t offset = 0; offset < 16; ++offset) {
+      auto xb = quant_test::normal_floats(n + 32, 3 + static_cast<std::uint32_t>(n), 2.0f);
+      auto gb = quant_test::normal_floats(n + 32, 4 + static_cast<std::uint32_t>(n));
       // half of the x on exact ties around the grid ends
-      auto ties = quant_test::tie_floats(n + offset, 0.25f, 12);
+      auto ties = quant_test::tie_floats(n + 32, 0.25f, 12);
       for (std::size_t i = 0; i < xb.size(); i += 2) xb[i] = ties[i];
-      // The kernels read x and dy where they lie in xb and gb: misaligned for offset 1 and 3.
-      const float* xp = xb.data() + offset;
-      const float* gp = gb.data() + offset;
-      if (offset && n) REQUIRE(reinterpret_cast<std::uintptr_t>(xp) % 16 != 0);
+      // The kernels read x and dy where they lie in xb and gb: `offset` floats past a
+      // 64-byte boundary (dy at another misalignment).
+      const float* xp = quant_test::at_misalignment(xb, offset);
+      const float* gp = quant_test::at_misalignment(gb, (offset + 7) % 16);
       const std::vector<float> x(xp, xp + n), dy(gp, gp + n);
       const std::vector<std::size_t> shape{n};
       const auto want = times(dy, ref::ste_mask(x, shape, p));
       const auto xa = xt::adapt(xp, n, xt::no_ownership(), shape);
       const auto da = xt::adapt(gp, n, xt::no_ownership(), shape);
       require_bitwise_equal(eager::ste_backward(xa, da, p), want, n, "eager n=" + std::to_string(n));
-      std::vector<float> ds(n + 4);
-      float* dsp = ds.data() + (offset + 1) % 4;  // output misaligned differently
+      std::vector<float> ds(n + 32);
+      float* dsp = quant_test::at_misalignment(ds, (offset + 1) % 16);  // output misaligned differently
       const auto plan = detail::make_segment_plan(shape, p, "test");
       kernels::ste_backward<simd::default_arch>(xp, gp, dsp, plan, -8.f, 7.f);
       require_bitwise_equal(dsp, want, n, "SIMD kernel");
@@ -161,6 +161,7 @@ TEST_CASE("fake_quantize_with_mask: y equals fake_quantize, mask equals the STE 
 }
 
 TEST_CASE("eager STE is identical for 1 and 2 threads", "[ste]") {
+  quant_test::require_two_threads();  // fails if "2 threads" would be a serial run
   const std::size_t n = (1u << 17) + 5;
   auto x = quant_test::normal_floats(n, 61, 3.0f);
   auto dy = quant_test::normal_floats(n, 62);
@@ -283,4 +284,54 @@ TEST_CASE("stochastic STE mask follows the forward's draws", "[ste][rounding]") 
   for (std::size_t i = 0; i < n; ++i) inside += out(i);
   // Bernoulli(1/2): sd = sqrt(n / 4) ~ 32; allow 5 sd.
   CHECK(std::fabs(inside - n / 2.0) < 5.0 * std::sqrt(n / 4.0));
+}
+
+TEST_CASE("ste_backward with an lvalue mode or rounding policy selects the returning overload", "[ste]") {
+  // The out-parameter overload is SFINAE-constrained to float containers: an lvalue ste_mode
+  // used to select it (and fail its static_assert), a const lvalue policy was ambiguous
+  // under clang.
+  const qparams p = qparams::per_tensor(grid::int_signed(4), 0.25f, 0);
+  const xt::xarray<float> x = {-2.2f, -2.0f, -1.9f, 0.3f, 1.75f, 1.8f};
+  const xt::xarray<float> dy = {1.0f, 2.0f, 3.0f, 4.0f, 5.0f, 6.0f};
+  ste_mode clipped = ste_mode::clipped;
+  const ste_mode clipped_c = ste_mode::clipped;
+  const round_ceil ceil_c{};
+  const std::vector<float> xv(x.begin(), x.end()), dv(dy.begin(), dy.end());
+  const auto want_even = times(dv, ref::ste_mask(xv, {6}, p, rounding_mode::half_to_even));
+  const auto want_ceil = times(dv, ref::ste_mask(xv, {6}, p, rounding_mode::ceil));
+  require_bitwise_equal(eager::ste_backward(x, dy, p, clipped), want_even, 6, "lvalue mode");
+  require_bitwise_equal(eager::ste_backward(x, dy, p, clipped_c, ceil_c), want_ceil, 6, "const lvalue policy");
+  xt::xarray<float> out;
+  eager::ste_backward(x, dy, p, out, clipped_c, ceil_c);
+  require_bitwise_equal(out, want_ceil, 6, "out parameter");
+  // the two masks differ here (-2.2 / s = -8.8: ceil -8 inside, half-to-even -9 outside)
+  CHECK(want_even[0] == 0.0f);
+  CHECK(want_ceil[0] == 1.0f);
+}
+
+TEST_CASE("STE NaN policy: NaN x passes no gradient, NaN dy stays NaN inside and outside the grid", "[ste][nan]") {
+  // dx = dy * mask as a float product (PyTorch's dY * mask): NaN * 0 = NaN, so a NaN dy
+  // is never silenced; a NaN x has no grid value, its mask is 0.
+  const qparams p = qparams::per_tensor(grid::int_signed(4), 0.5f, 0);
+  const float nan = std::nanf("");
+  const xt::xarray<float> x = {nan, nan, 1.0f, 9.0f, -9.0f, INFINITY, -INFINITY};
+  const xt::xarray<float> dy = {1.0f, nan, nan, nan, 2.0f, 3.0f, -4.0f};
+  const auto dx = eager::ste_backward(x, dy, p);
+  const xt::xarray<float> lazy = ste_backward(x, dy, p);
+  for (const auto* g : {&dx, &lazy}) {
+    CHECK((*g)(0) == 0.0f);
+    CHECK(std::isnan((*g)(1)));
+    CHECK(std::isnan((*g)(2)));
+    CHECK(std::isnan((*g)(3)));  // outside the grid, yet NaN * 0 = NaN
+    CHECK((*g)(4) == 0.0f);
+    CHECK((*g)(5) == 0.0f);
+    CHECK((*g)(6) == 0.0f);
+    CHECK(std::signbit((*g)(6)));  // -4 * 0 = -0
+  }
+  const auto m = eager::fake_quantize_with_mask(x, p);
+  CHECK(int(m.mask(0)) == 0);
+  CHECK(int(m.mask(2)) == 1);
+  CHECK(std::isnan(m.y(0)));
+  CHECK(m.y(5) == 3.5f);
+  CHECK(m.y(6) == -4.0f);
 }
