@@ -125,6 +125,44 @@ TEST_CASE("conv weights are flattened to [out, in*kh*kw]", "[pq]") {
   CHECK(res.indices.shape()[1] == 4);
   const auto flat = pq_decode(res.codebook, res.indices);
   for (std::size_t i = 0; i < flat.size(); ++i) CHECK(res.decoded.data()[i] == flat.data()[i]);
+  // Values: with d = 9 the subvector (o, c) is filter o's 3x3 kernel on input channel c
+  // (PyTorch's weight.reshape(out, -1) order); its index is the exact nearest centroid and
+  // decoded(o, c, ky, kx) that centroid's entry ky * 3 + kx.
+  REQUIRE(res.codebook.centroids.shape()[0] == 1);
+  const float* cs = res.codebook.centroids.data();
+  double err = 0.0;
+  std::size_t wrong_index = 0, wrong_value = 0;
+  for (std::size_t o = 0; o < 40; ++o)
+    for (std::size_t c = 0; c < 4; ++c) {
+      const std::uint32_t q = res.indices(o, c);
+      wrong_index += q != nearest(&w(o, c, 0, 0), cs, 16, 9);
+      for (std::size_t ky = 0; ky < 3; ++ky)
+        for (std::size_t kx = 0; kx < 3; ++kx) {
+          wrong_value += res.decoded(o, c, ky, kx) != cs[q * 9 + ky * 3 + kx];
+          err += std::pow(double(w(o, c, ky, kx)) - res.decoded(o, c, ky, kx), 2);
+        }
+    }
+  CHECK(wrong_index == 0);
+  CHECK(wrong_value == 0);
+  CHECK(res.mse == Approx(err / w.size()).epsilon(1e-12));
+  CHECK(res.mse < 1.0);  // 16 centroids fitted to the 160 kernels do better than the zero kernel (variance 1)
+}
+
+TEST_CASE("conv weights made of 16 distinct kernels are reconstructed exactly", "[pq]") {
+  // Filter o, input channel c holds kernel (o * 4 + c) % 16 of a fixed set. k-means++ seeds
+  // with probability proportional to the squared distance to the chosen centres, which is 0
+  // for a copy of a chosen kernel: its 16 seeds are the 16 kernels, Lloyd keeps them, and
+  // decoding is exact.
+  const auto kernels = quant_test::normal_floats(16 * 9, 21);
+  xt::xtensor<float, 4> w = xt::xtensor<float, 4>::from_shape({20, 4, 3, 3});
+  for (std::size_t o = 0; o < 20; ++o)
+    for (std::size_t c = 0; c < 4; ++c)
+      for (std::size_t j = 0; j < 9; ++j) w(o, c, j / 3, j % 3) = kernels[((o * 4 + c) % 16) * 9 + j];
+  pq_options opt;
+  opt.init = kmeans_init::kmeans_plus_plus;
+  const auto res = pq_quantize_layer(w, 9, 16, 3, opt);
+  CHECK(res.mse == 0.0);
+  quant_test::require_bitwise_equal(res.decoded.data(), w.data(), w.size(), "decoded conv weight");
 }
 
 TEST_CASE("size accounting and int8 centroids", "[pq]") {
@@ -152,9 +190,34 @@ TEST_CASE("size accounting and int8 centroids", "[pq]") {
   // per-subspace: one scale per codebook
   pq_options opt;
   opt.layout = pq_layout::per_subspace;
-  const auto ps = pq_quantize_layer(normal_matrix(40, 16, 1), 8, 8, 1, opt);
-  CHECK(quantize_centroids(ps.codebook).scales.size() == 2);
+  auto wp = normal_matrix(40, 16, 1);
+  for (std::size_t r = 0; r < 40; ++r)
+    for (std::size_t c = 8; c < 16; ++c) wp(r, c) *= 10.0f;  // the second column block is 10x wider
+  const auto ps = pq_quantize_layer(wp, 8, 8, 1, opt);
+  const auto qs = quantize_centroids(ps.codebook);
+  REQUIRE(qs.scales.size() == 2);
   CHECK(ps.size.centroid_bytes == 2 * 8 * 8 * 4);
+  // each codebook's scale is its own absmax / 127, and its values dequantize within half a step
+  const auto back_ps = dequantize_centroids(qs);
+  for (std::size_t sub = 0; sub < 2; ++sub) {
+    float am = 0.0f;
+    for (std::size_t i = 0; i < 64; ++i) am = std::max(am, std::fabs(ps.codebook.centroids.data()[sub * 64 + i]));
+    CHECK(qs.scales[sub] == am / 127.0f);
+    for (std::size_t i = 0; i < 64; ++i) {
+      const float c = ps.codebook.centroids.data()[sub * 64 + i];
+      CHECK(int(qs.values.data()[sub * 64 + i]) == int(std::max(-127.0f, std::min(127.0f, std::nearbyint(c * (1.0f / qs.scales[sub]))))));
+      CHECK(std::fabs(back_ps.centroids.data()[sub * 64 + i] - c) <= 0.5f * qs.scales[sub] * 1.0001f);
+    }
+  }
+  CHECK(qs.scales[1] > 5.0f * qs.scales[0]);  // trained on their own columns
+  // the layer's indices point into the codebook of their own column block
+  const auto dec = pq_decode(ps.codebook, ps.indices);
+  for (std::size_t r = 0; r < 40; ++r)
+    for (std::size_t sub = 0; sub < 2; ++sub) {
+      const float* cs = ps.codebook.centroids.data() + sub * 64;
+      CHECK(ps.indices(r, sub) == nearest(&wp(r, sub * 8), cs, 8, 8));
+      for (std::size_t j = 0; j < 8; ++j) CHECK(dec(r, sub * 8 + j) == cs[ps.indices(r, sub) * 8 + j]);
+    }
 }
 
 TEST_CASE("iPQ: centroids move by the average gradient of their subvectors", "[pq]") {

@@ -32,32 +32,6 @@ struct thread_cap {
   ~thread_cap() { set_num_threads(0); }
 };
 
-// True when a parallel region of quant really runs in a team of two threads.
-bool two_threads_run() {
-#if defined(_OPENMP)
-  thread_cap cap(2);
-  if (num_threads() != 2) return false;
-  std::vector<int> team(16, 0);
-  detail::parallel_for(team.size(), detail::parallel_min_elements, [&](std::size_t k) { team[k] = omp_get_num_threads(); });
-  for (int t : team)
-    if (t != 2) return false;
-  return true;
-#else
-  return false;
-#endif
-}
-
-void require_two_threads() {
-#if defined(_OPENMP)
-  REQUIRE(two_threads_run());
-#elif defined(QUANT_TEST_EXPECT_OPENMP)
-  FAIL("QUANT_OPENMP is ON but this file was compiled without OpenMP: the 1-vs-2-thread comparison would be serial "
-       "vs serial");
-#else
-  WARN("built without OpenMP: this 1-vs-2-thread test compares a serial run with itself");
-#endif
-}
-
 template <class F>
 auto with_threads(int n, F&& f) {
   thread_cap cap(n);
@@ -68,7 +42,7 @@ auto with_threads(int n, F&& f) {
 
 TEST_CASE("histogram add: several 2^16-value pieces, same counts for 1 and 2 threads as one piece at a time",
           "[threads][observers]") {
-  require_two_threads();
+  quant_test::require_two_threads();
   const std::size_t n = 3 * (std::size_t(1) << 16) + 1234;
   const auto x = quant_test::normal_floats(n, 401, 2.0f);
   const float lo = *std::min_element(x.begin(), x.end()), hi = *std::max_element(x.begin(), x.end());
@@ -90,7 +64,7 @@ TEST_CASE("histogram add: several 2^16-value pieces, same counts for 1 and 2 thr
 }
 
 TEST_CASE("channel min-max: every layout branch, 1 and 2 threads, equal to a direct loop", "[threads][observers]") {
-  require_two_threads();
+  quant_test::require_two_threads();
   struct layout_case {
     const char* name;
     std::vector<std::size_t> shape;
@@ -129,7 +103,7 @@ TEST_CASE("channel min-max: every layout branch, 1 and 2 threads, equal to a dir
 
 TEST_CASE("kurtosis gradient pass: several pieces, 1 and 2 threads, equal to the formula in float",
           "[threads][kurtosis]") {
-  require_two_threads();
+  quant_test::require_two_threads();
   const std::size_t n = 5 * detail::moments_piece + 13;
   const auto x = quant_test::normal_floats(n, 403, 1.5f, 0.25f);
   const auto g0 = quant_test::normal_floats(n, 404);
@@ -155,7 +129,7 @@ TEST_CASE("kurtosis gradient pass: several pieces, 1 and 2 threads, equal to the
 
 TEST_CASE("fake_quantize_with_mask and dequantize: several chunks, 1 and 2 threads, equal to the reference",
           "[threads][uniform][ste]") {
-  require_two_threads();
+  quant_test::require_two_threads();
   const std::size_t rows = 24, cols = 4099;  // > 2^16, not a multiple of the chunk
   const std::size_t n = rows * cols;
   const auto x = quant_test::normal_floats(n, 405, 4.0f);
@@ -198,7 +172,7 @@ TEST_CASE("fake_quantize_with_mask and dequantize: several chunks, 1 and 2 threa
 }
 
 TEST_CASE("im2col over a batch: one image per piece, 1 and 2 threads, equal to the index formula", "[threads][im2col]") {
-  require_two_threads();
+  quant_test::require_two_threads();
   conv2d_shape g;
   g.channels = 3, g.height = 23, g.width = 19, g.kernel_h = 3, g.kernel_w = 4;
   g.stride_h = 2, g.stride_w = 1, g.pad_h = 1, g.pad_w = 2, g.dilation_h = 1, g.dilation_w = 2;
@@ -228,7 +202,7 @@ TEST_CASE("im2col over a batch: one image per piece, 1 and 2 threads, equal to t
 
 TEST_CASE("Quant-Noise apply: proxy and scalar noise, 1 and 2 threads, equal to the per-block formula",
           "[threads][quant_noise]") {
-  require_two_threads();
+  quant_test::require_two_threads();
   const std::size_t out = 96, in = 1024;  // 12288 blocks of 8, 98304 weights
   const auto wv = quant_test::normal_floats(out * in, 407, 0.2f);
   const xt::xtensor<float, 2> w = xt::adapt(wv, std::array<std::size_t, 2>{out, in});
@@ -264,7 +238,7 @@ TEST_CASE("Quant-Noise apply: proxy and scalar noise, 1 and 2 threads, equal to 
 
 TEST_CASE("k-means on its GEMM path (d >= 32): E-step and whole runs identical for 1 and 2 threads",
           "[threads][kmeans]") {
-  require_two_threads();
+  quant_test::require_two_threads();
   const std::size_t d = 32, n = 6000, k = 24;
   // Well separated blobs (centres 3 apart per coordinate, noise sd 0.1): every point's
   // nearest centre is unambiguous, so the GEMM E-step must equal the exact-distance reference.
