@@ -21,15 +21,16 @@
 // the call throws quant::invalid_argument unless this is at most 2^31 - 1, i.e.
 //   K <= integer_gemm_max_k<Act>(bits):   uint8 x int8 65 793, int8 x int8 131 071,
 //                                         uint8 or int8 x int4 1 052 688
-// (the int4 tiles take int8 activations as uint8 x + 128, with the zero point z_x + 128).
+// (the int4 tiles take uint8 activations as int8 x - 128, with the zero point z_x - 128).
 // Larger K is an error, not split: an engine that needs it splits the layer into partial
 // GEMMs (int32-output form) and adds the partial sums in int64 itself. The full accumulator
 // is bounded by |bias_q[o]| + max|xq - z_x| sum_k |Wq[o, k]|; the call throws unless this
 // fits int32 for every channel, so the int32 result is the exact integer (the int64
 // reference in quant::ref is the specification it is tested against).
 //
-// Paths: the AVX2 tiles (int8 weights: int16 widening + vpmaddwd; int4 weights: vpmaddubsw,
-// exact for |w| <= 8, with int16 partial sums over 8 quads of taps; see
+// Paths: the AVX2 tiles (int8 weights: int16 widening + vpmaddwd; int4 weights: vpmaddubsw of
+// the stored nibbles w + 8 by int8 activations, exact, with int16 partial sums over 8 quads of
+// taps and the 8 sum_k x term removed per row; see
 // detail/integer_gemm_kernel.hpp) for AVX2 and AVX-512 arch tags, scalar tiles otherwise
 // (simd::scalar, QUANT_NO_SIMD); both read the same packed layout and compute the same
 // integers. Work is split into fixed blocks of 48 rows x 64 channels (x all channels when
@@ -62,7 +63,7 @@ template <class Act>
 constexpr std::size_t integer_gemm_max_k(int weight_bits) noexcept {
   static_assert(std::is_same<Act, std::uint8_t>::value || std::is_same<Act, std::int8_t>::value,
                 "integer GEMM activations are uint8_t or int8_t");
-  // int4 tiles multiply uint8 (int8 activations offset by 128): |x| <= 255 there.
+  // |x - z| <= 255 for uint8 (and the int4 path keeps that limit for int8 activations too).
   const std::int64_t xabs = std::is_signed<Act>::value && weight_bits == 8 ? 128 : 255;
   const std::int64_t wabs = weight_bits == 8 ? 128 : 8;
   return static_cast<std::size_t>(std::int64_t(std::numeric_limits<std::int32_t>::max()) / (xabs * wabs));
@@ -110,8 +111,8 @@ std::vector<std::int32_t> epilogue_offsets(const packed_weights& w, int x_zero_p
       if (b != 0) fail<invalid_argument>(fn, ("bias[" + std::to_string(o) + "]").c_str(), b, why);
       fail<invalid_argument>(fn, "x_zero_point", x_zero_point, why);
     }
-    // the int4 tiles see int8 activations as x + 128 (uint8), so their zero point is z + 128
-    const std::int64_t z_tile = std::int64_t(x_zero_point) + (std::is_signed<Act>::value && w.bits == 4 ? 128 : 0);
+    // the int4 tiles see uint8 activations as x - 128 (int8), so their zero point is z - 128
+    const std::int64_t z_tile = std::int64_t(x_zero_point) - (!std::is_signed<Act>::value && w.bits == 4 ? 128 : 0);
     const std::int64_t c = b - z_tile * w.row_sums[o];
     off[o] = static_cast<std::int32_t>(static_cast<std::uint32_t>(static_cast<std::uint64_t>(c)));
   }
@@ -133,44 +134,39 @@ void run(const Act* x, std::size_t n, std::size_t ldx, const packed_weights& w, 
   const std::size_t group = blocks_per_task(row_blocks, w.blocks());
   const std::size_t ch_groups = (w.blocks() + group - 1) / group;
   const std::size_t work = n * w.out * k / 16;  // parallel above ~1 M multiply-adds
+  // locals: the epilogue's int8 / uint8 stores may alias anything reached through w
+  const std::uint8_t* const wbytes = w.bytes.data();
+  const std::size_t bb = w.block_bytes(), blocks = w.blocks();
   parallel_for(row_blocks * ch_groups, work, [&](std::size_t t) {
     const std::size_t rb = t / ch_groups, cg = t % ch_groups;
     const std::size_t n0 = rb * rows_per_task, rows = std::min(rows_per_task, n - n0);
     static thread_local std::vector<xt_t> xbuf;
     xbuf.resize(rows_per_task * kp);
     xt_t* xs = xbuf.data();
-    for (std::size_t j = 0; j < rows; ++j) {
-      const Act* src = x + (n0 + j) * ldx;
-      xt_t* dst = xs + j * kp;
-      if constexpr (Bits == 4 && std::is_signed<Act>::value) {
-        for (std::size_t i = 0; i < k; ++i) dst[i] = static_cast<std::uint8_t>(src[i] + 128);
-      } else {
-        for (std::size_t i = 0; i < k; ++i) dst[i] = static_cast<xt_t>(src[i]);
-      }
-      for (std::size_t i = k; i < kp; ++i) dst[i] = 0;
-    }
-    const std::size_t b_begin = cg * group, b_end = std::min(w.blocks(), (cg + 1) * group);
+    std::int32_t xsum8[rows_per_task] = {};  // int4: 8 sum_k x[j, k] of the tile activations
+    for (std::size_t j = 0; j < rows; ++j) xsum8[j] = tile_activations<Bits>(x + (n0 + j) * ldx, k, kp, xs + j * kp);
+    const std::size_t b_begin = cg * group, b_end = std::min(blocks, (cg + 1) * group);
     if (rows == 1) {  // GEMV: two blocks per pass over the row
       alignas(32) std::int32_t ta[mr], tb[mr];
       std::size_t b = b_begin;
       for (; b + 2 <= b_end; b += 2) {
-        const std::uint8_t* wb = w.bytes.data() + b * w.block_bytes();
-        dot_row_2blocks<Arch, Bits>(wb, wb + w.block_bytes(), xs, steps, ta, tb);
+        const std::uint8_t* wb = wbytes + b * bb;
+        dot_row_2blocks<Arch, Bits>(wb, wb + bb, xs, steps, xsum8[0], ta, tb);
         ep(static_cast<const std::int32_t*>(ta), n0, std::size_t(1), b * mr);
         ep(static_cast<const std::int32_t*>(tb), n0, std::size_t(1), (b + 1) * mr);
       }
       if (b < b_end) {
-        dot_tile<Arch, Bits>(w.bytes.data() + b * w.block_bytes(), xs, kp, steps, 1, ta);
+        dot_tile<Arch, Bits>(wbytes + b * bb, xs, kp, steps, 1, xsum8, ta);
         ep(static_cast<const std::int32_t*>(ta), n0, std::size_t(1), b * mr);
       }
       return;
     }
     for (std::size_t b = b_begin; b < b_end; ++b) {
-      const std::uint8_t* wb = w.bytes.data() + b * w.block_bytes();
+      const std::uint8_t* wb = wbytes + b * bb;
       for (std::size_t j0 = 0; j0 < rows; j0 += nr_max) {
         const std::size_t nr = std::min(nr_max, rows - j0);
         alignas(32) std::int32_t tile[nr_max * mr];
-        dot_tile<Arch, Bits>(wb, xs + j0 * kp, kp, steps, nr, tile);
+        dot_tile<Arch, Bits>(wb, xs + j0 * kp, kp, steps, nr, xsum8 + j0, tile);
         ep(static_cast<const std::int32_t*>(tile), n0 + j0, nr, b * mr);
       }
     }

@@ -20,8 +20,8 @@
 //          taps in the order a pairwise int16 multiply-add (vpmaddwd) consumes.
 //   4-bit: 32 bytes per quad of taps q: byte 4i + e holds Wq[16b + i, 4q + e] + 8 in its LOW
 //          nibble and Wq[16b + 8 + i, 4q + e] + 8 in its HIGH nibble (e < 4, i < 8; offset
-//          binary: nibble 8 is 0): masking a nibble and subtracting 8 gives int8 weights of
-//          8 channels x 4 taps in the order of vpmaddubsw + vpmaddwd.
+//          binary: nibble 8 is 0): masking a nibble gives w + 8 in [0, 15] for 8 channels x
+//          4 taps in the order of vpmaddubsw + vpmaddwd (the kernels remove the + 8).
 //
 // The 4-bit source format accepted by pack_weights_int4 is quant's export order
 // (export.hpp): element 2j of the row-major [out, K] tensor in the low nibble of byte j.
