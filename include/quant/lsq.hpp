@@ -65,6 +65,7 @@
 
 #include "detail/affine_body.hpp"
 #include "detail/affine_run.hpp"
+#include "detail/checks.hpp"
 #include "detail/contiguous.hpp"
 #include "detail/golden_section.hpp"
 #include "detail/parallel.hpp"
@@ -73,7 +74,6 @@
 #include "qparams.hpp"
 #include "rounding.hpp"
 #include "simd/arch.hpp"
-#include "ste.hpp"
 #include "uniform.hpp"
 
 namespace quant {

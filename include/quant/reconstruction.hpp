@@ -44,11 +44,13 @@
 #include <utility>
 #include <vector>
 
-#include <xtensor-blas/xlinalg.hpp>
 #include <xtensor/xtensor.hpp>
 
 #include "adaround.hpp"
+#include "detail/blas_gemm.hpp"
+#include "detail/checks.hpp"
 #include "detail/counter_random.hpp"
+#include "detail/row_sampling.hpp"
 #include "error.hpp"
 #include "im2col.hpp"
 #include "lsq.hpp"
@@ -93,13 +95,12 @@ inline lsq_params activation_quantizer(const xt::xtensor<float, 2>& x, grid g) {
   return p;
 }
 
-struct block_options {
+// Options of reconstruct_block (defaults: docs/adaround.md). The schedule fields (warmup,
+// beta_start, beta_end, beta_schedule) come from adaround_schedule, as in adaround_options.
+struct block_options : adaround_schedule {
   std::size_t iterations = 20000;  // BRECQ / QDrop default
   std::size_t batch_size = 32;     // samples (rows of X) per iteration
   float lambda = 0.01f;
-  float warmup = 0.2f;
-  float beta_start = 20.f, beta_end = 2.f;
-  adaround_options::schedule beta_schedule = adaround_options::schedule::linear;
   float learning_rate = 1e-3f;        // Adam on every V
   float scale_learning_rate = 4e-5f;  // Adam on the activation step sizes, cosine-decayed to 0
   bool learn_activation_scales = true;
@@ -108,16 +109,19 @@ struct block_options {
   std::function<void(const adaround_progress&)> progress;  // after every iteration (regularizer summed over layers)
 
   void validate(const char* function) const {
-    adaround_options a = as_adaround();  // the shared fields are validated by AdaRound's rules
-    a.batch_size = batch_size;
-    a.lambda = lambda;
-    a.learning_rate = learning_rate;
-    a.validate(function);
+    detail::validate_adaround_loop(function, iterations, batch_size, lambda, *this, learning_rate);
     if (!(std::isfinite(scale_learning_rate) && scale_learning_rate > 0.0f))
       detail::fail<invalid_argument>(function, "scale_learning_rate", scale_learning_rate, "must be finite and > 0");
     if (!(qdrop_probability > 0.0f && qdrop_probability <= 1.0f))
       detail::fail<invalid_argument>(function, "qdrop_probability", qdrop_probability, "must be in (0, 1]");
   }
+  using adaround_schedule::beta_at;
+  using adaround_schedule::warmup_iterations;
+  // The schedule over this->iterations.
+  std::size_t warmup_iterations() const noexcept { return warmup_iterations(iterations); }
+  float beta_at(std::size_t k) const noexcept { return beta_at(k, iterations); }
+
+  [[deprecated("block_options is an adaround_schedule: use its beta_at(k) / warmup_iterations()")]]
   adaround_options as_adaround() const {
     adaround_options a;
     a.iterations = iterations;
@@ -501,7 +505,6 @@ struct block_engine {
       result.report.initial_error = error(y, target, fn);
     }
 
-    const adaround_options sched = opt.as_adaround();
     const std::size_t B = opt.batch_size;
     std::vector<std::size_t> perm(samples);
     for (std::size_t i = 0; i < samples; ++i) perm[i] = i;
@@ -542,8 +545,8 @@ struct block_engine {
           s_opt[j].step(q[j].scale.data(), &pass.dscale_[j]);
           clamp_scale(q[j]);
         }
-      const bool warm = k < sched.warmup_iterations();
-      const float beta = sched.beta_at(k);
+      const bool warm = k < opt.warmup_iterations();
+      const float beta = opt.beta_at(k);
       double reg = 0.0;
       for (std::size_t l = 0; l < nl; ++l) {
         std::copy(grads[l].begin(), grads[l].end(), vars[l].gradient().begin());
@@ -651,7 +654,7 @@ class layer_block {
         gemm_tn(d_, x_in_[li], pass.weight_gradient(li));
         if (need_dx) {
           dx_.resize({B, L.weight.shape()[1]});
-          xt::blas::gemm(d_, w, dx_);
+          gemm_nn(d_, w, dx_);
         }
       } else {
         const conv2d_shape& g = L.conv;
@@ -662,7 +665,7 @@ class layer_block {
         gemm_tn(drows_, cols_[li], pass.weight_gradient(li));
         if (need_dx) {
           dcols_.resize({B * P, K});
-          xt::blas::gemm(drows_, w, dcols_);
+          gemm_nn(drows_, w, dcols_);
           dx_.resize({B, g.image_size()});
           for (std::size_t b = 0; b < B; ++b)
             kernels::col2im(dcols_.data() + b * P * K, dx_.data() + b * g.image_size(), g);

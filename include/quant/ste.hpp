@@ -37,6 +37,7 @@
 
 #include "detail/affine_body.hpp"
 #include "detail/affine_run.hpp"
+#include "detail/checks.hpp"
 #include "detail/contiguous.hpp"
 #include "detail/segments.hpp"
 #include "error.hpp"
@@ -67,12 +68,6 @@ QUANT_ALWAYS_INLINE P ste_body(const P& x, const P& dy, const affine_pack<P>& a,
   return clipped ? dy * simd::mask_to_one(ste_inside(x, a, rnd)) : dy;
 }
 
-template <class A, class B>
-void check_same_shape(const A& a, const B& b, const char* function, const char* argument) {
-  if (!std::equal(a.begin(), a.end(), b.begin(), b.end()))
-    fail<length_error>(function, argument, shape_string(b), "must equal the shape of x, " + shape_string(a));
-}
-
 }  // namespace detail
 
 // ====================================================================================
@@ -89,7 +84,7 @@ struct ste_backward_functor {
   float operator()(const T& x, const D& dy) const noexcept {
     return apply(static_cast<float>(x), static_cast<float>(dy));
   }
-  template <class B, detail::enable_float_batch<B> = 0>
+  template <class B, simd::enable_if_pack_of<B, float> = 0>
   B simd_apply(const B& x, const B& dy) const noexcept {
     return apply(x, dy);
   }

@@ -70,6 +70,11 @@ struct is_batch : std::false_type {};
 template <class T, class A>
 struct is_batch<xsimd::batch<T, A>> : std::true_type {};
 
+// Guard of a functor's simd_apply: enabled for packs whose value type is one of T...
+//   template <class B, simd::enable_if_pack_of<B, float> = 0> B simd_apply(const B&) const;
+template <class B, class... T>
+using enable_if_pack_of = std::enable_if_t<(std::is_same<typename B::value_type, T>::value || ...), int>;
+
 // ---- loads and stores -------------------------------------------------------------
 template <class Arch, class T>
 QUANT_ALWAYS_INLINE pack<T, Arch> load(const T* p) noexcept {
