@@ -67,6 +67,7 @@
 #include <xtensor-blas/xlapack.hpp>
 #include <xtensor/xtensor.hpp>
 
+#include "detail/checks.hpp"
 #include "detail/parallel.hpp"
 #include "error.hpp"
 #include "hessian.hpp"
@@ -224,11 +225,6 @@ inline qparams gptq_qparams_of(const gptq_layout& l, grid g) {
   return qparams::per_group(g, std::move(s), std::move(z), 1, l.group);
 }
 
-inline void gptq_check_finite(const float* x, std::size_t n, const char* fn, const char* arg) {
-  for (std::size_t i = 0; i < n; ++i)
-    if (!std::isfinite(x[i])) fail<domain_error>(fn, arg, x[i], "must be finite (element " + std::to_string(i) + ")");
-}
-
 inline gptq_result gptq_run(const xt::xtensor<float, 2>& W, const hessian_accumulator& acc, const gptq_options& opt,
                             const qparams* user_qp, std::chrono::steady_clock::time_point t0) {
   const char* fn = "gptq_layer";
@@ -236,7 +232,7 @@ inline gptq_result gptq_run(const xt::xtensor<float, 2>& W, const hessian_accumu
   opt.validate(fn);
   const std::size_t out = W.shape()[0], in = W.shape()[1];
   if (out == 0 || in == 0) fail<invalid_argument>(fn, "W.shape()", shape_string(W.shape()), "must be non-empty");
-  gptq_check_finite(W.data(), W.size(), fn, "W");
+  require_finite(W.data(), W.size(), fn, "W");
   if (acc.inputs() != in)
     fail<length_error>(fn, "hessian.inputs()", acc.inputs(), "must equal W.shape()[1] = " + std::to_string(in));
   if (acc.empty()) fail<invalid_argument>(fn, "hessian.rows()", 0, "calibration data must have at least one row");
@@ -431,7 +427,7 @@ inline hessian_accumulator gptq_hessian_of(const xt::xtensor<float, 2>& W, const
                        "must be [samples, " + std::to_string(in) + "] for W of shape " + shape_string(W.shape()));
   if (X.shape()[0] == 0)
     fail<invalid_argument>(fn, "X.shape()", shape_string(X.shape()), "calibration data must have at least one row");
-  gptq_check_finite(X.data(), X.size(), fn, "X");
+  require_finite(X.data(), X.size(), fn, "X");
   hessian_accumulator acc(in);
   acc.update(X);
   return acc;

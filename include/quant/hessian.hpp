@@ -33,6 +33,7 @@
 #include <xtensor/xtensor.hpp>
 
 #include "config.hpp"
+#include "detail/checks.hpp"
 #include "detail/contiguous.hpp"
 #include "error.hpp"
 #include "im2col.hpp"
@@ -61,9 +62,7 @@ class hessian_accumulator {
                                  "must be [rows, " + std::to_string(in_) + "]");
     const std::size_t rows = static_cast<std::size_t>(in.shape()[0]);
     const float* p = in.data();
-    for (std::size_t i = 0; i < rows * in_; ++i)
-      if (!std::isfinite(p[i]))
-        detail::fail<domain_error>(fn, "x", p[i], "must be finite (element " + std::to_string(i) + ")");
+    detail::require_finite(p, rows * in_, fn, "x");
     add_rows(p, rows);
   }
 

@@ -53,6 +53,7 @@
 #include <xtensor-blas/xblas.hpp>
 #endif
 
+#include "detail/bounded_integer.hpp"
 #include "detail/contiguous.hpp"
 #include "detail/nearest_centroid.hpp"
 #include "detail/parallel.hpp"
@@ -98,7 +99,7 @@ struct kmeans_rng {
   std::mt19937_64 g;
   explicit kmeans_rng(std::uint64_t seed) : g(seed ^ 0x6b6d65616e73ULL) {}
   std::size_t below(std::size_t n) {  // uniform in [0, n), Lemire's multiply-shift
-    return static_cast<std::size_t>((static_cast<unsigned __int128>(g()) * n) >> 64);
+    return static_cast<std::size_t>(uniform_below(g(), n));
   }
   double unit() { return static_cast<double>(g() >> 11) * (1.0 / 9007199254740992.0); }
 };
