@@ -34,6 +34,7 @@ TEST_CASE("block layouts: linear, 1x1 conv, k x k conv", "[quant_noise]") {
 }
 
 TEST_CASE("mask: frequency close to p, deterministic, thread-count independent", "[quant_noise]") {
+  quant_test::require_two_threads();  // fails if "2 threads" would be a serial run
   const auto blocks = noise_blocks::linear(1024, 8192, 8);  // 2^20 blocks
   for (float p : {0.05f, 0.1f, 0.2f}) {
     set_num_threads(1);
