@@ -16,8 +16,11 @@ cd "$(dirname "$0")/.."
 seconds="${1:-60}"
 build="${BUILD_DIR:-build-fuzzers}"
 out="${OUT_DIR:-$build/runs}"
-all="fuzz_npy fuzz_idx fuzz_idx_gzip fuzz_encodings_json fuzz_uniform fuzz_lsq fuzz_observers fuzz_observer_load fuzz_kmeans"
+all="fuzz_npy fuzz_idx fuzz_idx_gzip fuzz_encodings_json fuzz_model_bundle fuzz_cli_params fuzz_uniform fuzz_lsq fuzz_observers fuzz_observer_load fuzz_kmeans fuzz_requantize fuzz_integer_gemm"
 fuzzers="${FUZZERS:-$all}"
+# fuzz_requantize and fuzz_integer_gemm use OpenMP (1 vs 2 threads): idle workers sleep
+# instead of spinning beside the other harnesses.
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-passive}"
 
 bash scripts/install-deps.sh
 missing=()
