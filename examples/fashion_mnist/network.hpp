@@ -5,7 +5,8 @@
 //   dense  : X = the activations [batch, in]
 //   conv3x3: X = im2col of the activations (channels-last, padding 1): one row per output
 //            pixel, K = 9 * in_channels ordered (ky, kx, c). The weight is therefore the
-//            [out, in*kh*kw] matrix AdaRound and BRECQ expect.
+//            [out, in*kh*kw] matrix AdaRound and BRECQ expect. The rows come from the
+//            library's im2col kernel (quant/im2col.hpp) on the channels-last layout.
 // Each layer is followed by an optional ReLU and an optional 2x2 max-pool. GEMMs go
 // through xtensor-blas (xt::blas::gemm -> OpenBLAS); everything else is a plain loop.
 #pragma once
@@ -20,6 +21,7 @@
 #include <string>
 #include <vector>
 
+#include <quant/im2col.hpp>
 #include <xtensor-blas/xblas.hpp>
 #include <xtensor/xtensor.hpp>
 
@@ -93,48 +95,38 @@ inline network make_network(const std::string& name, const std::vector<layer_spe
 
 // ---- the pieces of a layer ------------------------------------------------------------
 
-// Channels-last im2col with padding 1: act [B, H*W*C] -> cols [B*H*W, 9*C].
+// Channels-last 3x3 im2col with padding 1 through the library's NCHW im2col (quant/im2col.hpp):
+// an image [H, W, C] read as one channel of H rows of W*C values, with a 3 x 3C window moving
+// C values at a time and C values of padding on each side, has for output (y, x) the patch
+// row[(ky * 3 + kx) * C + c] = act[y + ky - 1, x + kx - 1, c] (0 outside the image): the
+// channels-last patch with columns ordered (ky, kx, c).
+inline quant::conv2d_shape channels_last_3x3(std::size_t H, std::size_t W, std::size_t C) {
+  quant::conv2d_shape g;
+  g.channels = 1;
+  g.height = H;
+  g.width = W * C;
+  g.kernel_h = 3;
+  g.kernel_w = 3 * C;
+  g.stride_w = C;
+  g.pad_h = 1;
+  g.pad_w = C;
+  return g;
+}
+
+// act [B, H*W*C] -> cols [B*H*W, 9*C].
 template <class T>
 void im2col3x3(const T* act, std::size_t batch, std::size_t H, std::size_t W, std::size_t C, T* cols) {
-  const std::size_t K = 9 * C;
+  const quant::conv2d_shape g = channels_last_3x3(H, W, C);
   for (std::size_t b = 0; b < batch; ++b)
-    for (std::size_t y = 0; y < H; ++y)
-      for (std::size_t x = 0; x < W; ++x) {
-        T* row = cols + ((b * H + y) * W + x) * K;
-        for (std::size_t ky = 0; ky < 3; ++ky)
-          for (std::size_t kx = 0; kx < 3; ++kx) {
-            T* dst = row + (ky * 3 + kx) * C;
-            const std::ptrdiff_t sy = static_cast<std::ptrdiff_t>(y + ky) - 1;
-            const std::ptrdiff_t sx = static_cast<std::ptrdiff_t>(x + kx) - 1;
-            if (sy < 0 || sx < 0 || sy >= static_cast<std::ptrdiff_t>(H) || sx >= static_cast<std::ptrdiff_t>(W)) {
-              std::fill(dst, dst + C, T(0));
-            } else {
-              const T* src = act + ((b * H + static_cast<std::size_t>(sy)) * W + static_cast<std::size_t>(sx)) * C;
-              std::copy(src, src + C, dst);
-            }
-          }
-      }
+    quant::kernels::im2col(act + b * g.image_size(), cols + b * g.positions() * g.patch_size(), g);
 }
 
 // Adjoint of im2col3x3: scatter-add dcols [B*H*W, 9*C] into dact [B, H*W*C].
 template <class T>
 void col2im3x3(const T* dcols, std::size_t batch, std::size_t H, std::size_t W, std::size_t C, T* dact) {
-  const std::size_t K = 9 * C;
-  std::fill(dact, dact + batch * H * W * C, T(0));
+  const quant::conv2d_shape g = channels_last_3x3(H, W, C);
   for (std::size_t b = 0; b < batch; ++b)
-    for (std::size_t y = 0; y < H; ++y)
-      for (std::size_t x = 0; x < W; ++x) {
-        const T* row = dcols + ((b * H + y) * W + x) * K;
-        for (std::size_t ky = 0; ky < 3; ++ky)
-          for (std::size_t kx = 0; kx < 3; ++kx) {
-            const std::ptrdiff_t sy = static_cast<std::ptrdiff_t>(y + ky) - 1;
-            const std::ptrdiff_t sx = static_cast<std::ptrdiff_t>(x + kx) - 1;
-            if (sy < 0 || sx < 0 || sy >= static_cast<std::ptrdiff_t>(H) || sx >= static_cast<std::ptrdiff_t>(W)) continue;
-            const T* src = row + (ky * 3 + kx) * C;
-            T* dst = dact + ((b * H + static_cast<std::size_t>(sy)) * W + static_cast<std::size_t>(sx)) * C;
-            for (std::size_t c = 0; c < C; ++c) dst[c] += src[c];
-          }
-      }
+    quant::kernels::col2im(dcols + b * g.positions() * g.patch_size(), dact + b * g.image_size(), g);
 }
 
 // The GEMM input of a layer for a batch of activations [B, in_features].

@@ -12,6 +12,7 @@
 // groups = 1 only.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <string>
 
@@ -61,48 +62,79 @@ struct conv2d_shape {
   }
 };
 
+namespace detail {
+// The kernel columns kx in [begin, end) whose taps fall inside a row of `width` values when
+// tap 0 reads column x0 (dilation 1): the contiguous stretch the kernels copy in one go.
+struct tap_range {
+  std::ptrdiff_t begin, end;
+};
+inline tap_range taps_inside(std::ptrdiff_t x0, std::size_t kernel_w, std::size_t width) noexcept {
+  const auto kw = static_cast<std::ptrdiff_t>(kernel_w), w = static_cast<std::ptrdiff_t>(width);
+  const std::ptrdiff_t begin = std::min(kw, std::max<std::ptrdiff_t>(0, -x0));
+  return {begin, std::max(begin, std::min(kw, w - x0))};
+}
+}  // namespace detail
+
 namespace kernels {
 
-// One image x [C, H, W] -> cols [OH*OW, C*KH*KW] (row-major).
-inline void im2col(const float* QUANT_RESTRICT x, float* QUANT_RESTRICT cols, const conv2d_shape& g) noexcept {
+// One image x [C, H, W] -> cols [OH*OW, C*KH*KW] (row-major); taps in the padding are `pad`.
+// Any element type (float, double, the integer types of integer_im2col.hpp): values are copied.
+template <class T>
+void im2col(const T* QUANT_RESTRICT x, T* QUANT_RESTRICT cols, const conv2d_shape& g, T pad = T(0)) noexcept {
   const std::size_t oh = g.out_h(), ow = g.out_w(), k = g.patch_size();
   for (std::size_t oy = 0; oy < oh; ++oy)
     for (std::size_t ox = 0; ox < ow; ++ox) {
-      float* row = cols + (oy * ow + ox) * k;
+      T* row = cols + (oy * ow + ox) * k;
+      // signed arithmetic: padding makes the first taps negative
+      const std::ptrdiff_t x0 = static_cast<std::ptrdiff_t>(ox * g.stride_w) - static_cast<std::ptrdiff_t>(g.pad_w);
+      const detail::tap_range inside = detail::taps_inside(x0, g.kernel_w, g.width);
       for (std::size_t c = 0; c < g.channels; ++c)
         for (std::size_t ky = 0; ky < g.kernel_h; ++ky) {
-          // signed arithmetic: padding makes the first taps negative
           const std::ptrdiff_t y = static_cast<std::ptrdiff_t>(oy * g.stride_h + ky * g.dilation_h) -
                                    static_cast<std::ptrdiff_t>(g.pad_h);
-          const bool y_in = y >= 0 && y < static_cast<std::ptrdiff_t>(g.height);
-          const float* xrow = x + (c * g.height + (y_in ? static_cast<std::size_t>(y) : 0)) * g.width;
+          if (y < 0 || y >= static_cast<std::ptrdiff_t>(g.height)) {
+            row = std::fill_n(row, g.kernel_w, pad);
+            continue;
+          }
+          const T* xrow = x + (c * g.height + static_cast<std::size_t>(y)) * g.width;
+          if (g.dilation_w == 1) {
+            row = std::fill_n(row, inside.begin, pad);
+            if (inside.end > inside.begin) row = std::copy(xrow + x0 + inside.begin, xrow + x0 + inside.end, row);
+            row = std::fill_n(row, static_cast<std::ptrdiff_t>(g.kernel_w) - inside.end, pad);
+            continue;
+          }
           for (std::size_t kx = 0; kx < g.kernel_w; ++kx) {
-            const std::ptrdiff_t xx = static_cast<std::ptrdiff_t>(ox * g.stride_w + kx * g.dilation_w) -
-                                      static_cast<std::ptrdiff_t>(g.pad_w);
-            const bool in = y_in && xx >= 0 && xx < static_cast<std::ptrdiff_t>(g.width);
-            *row++ = in ? xrow[xx] : 0.0f;
+            const std::ptrdiff_t xx = x0 + static_cast<std::ptrdiff_t>(kx * g.dilation_w);
+            *row++ = xx >= 0 && xx < static_cast<std::ptrdiff_t>(g.width) ? xrow[xx] : pad;
           }
         }
     }
 }
 
-// Adjoint of im2col for one image: dx [C, H, W] = sum over patches of dcols (dx overwritten).
-inline void col2im(const float* QUANT_RESTRICT dcols, float* QUANT_RESTRICT dx, const conv2d_shape& g) noexcept {
+// Adjoint of im2col for one image: dx [C, H, W] = sum over patches of dcols (dx overwritten;
+// each element's contributions are added in patch order, (oy, ox) row-major).
+template <class T>
+void col2im(const T* QUANT_RESTRICT dcols, T* QUANT_RESTRICT dx, const conv2d_shape& g) noexcept {
   const std::size_t oh = g.out_h(), ow = g.out_w();
-  for (std::size_t i = 0; i < g.image_size(); ++i) dx[i] = 0.0f;
+  for (std::size_t i = 0; i < g.image_size(); ++i) dx[i] = T(0);
   for (std::size_t oy = 0; oy < oh; ++oy)
     for (std::size_t ox = 0; ox < ow; ++ox) {
-      const float* row = dcols + (oy * ow + ox) * g.patch_size();
+      const T* row = dcols + (oy * ow + ox) * g.patch_size();
+      const std::ptrdiff_t x0 = static_cast<std::ptrdiff_t>(ox * g.stride_w) - static_cast<std::ptrdiff_t>(g.pad_w);
+      const detail::tap_range inside = detail::taps_inside(x0, g.kernel_w, g.width);
       for (std::size_t c = 0; c < g.channels; ++c)
-        for (std::size_t ky = 0; ky < g.kernel_h; ++ky) {
+        for (std::size_t ky = 0; ky < g.kernel_h; ++ky, row += g.kernel_w) {
           const std::ptrdiff_t y = static_cast<std::ptrdiff_t>(oy * g.stride_h + ky * g.dilation_h) -
                                    static_cast<std::ptrdiff_t>(g.pad_h);
-          for (std::size_t kx = 0; kx < g.kernel_w; ++kx, ++row) {
-            const std::ptrdiff_t xx = static_cast<std::ptrdiff_t>(ox * g.stride_w + kx * g.dilation_w) -
-                                      static_cast<std::ptrdiff_t>(g.pad_w);
-            if (y >= 0 && y < static_cast<std::ptrdiff_t>(g.height) && xx >= 0 &&
-                xx < static_cast<std::ptrdiff_t>(g.width))
-              dx[(c * g.height + static_cast<std::size_t>(y)) * g.width + static_cast<std::size_t>(xx)] += *row;
+          if (y < 0 || y >= static_cast<std::ptrdiff_t>(g.height)) continue;
+          T* dxrow = dx + (c * g.height + static_cast<std::size_t>(y)) * g.width;
+          if (g.dilation_w == 1) {
+            for (std::ptrdiff_t kx = inside.begin; kx < inside.end; ++kx) dxrow[x0 + kx] += row[kx];
+            continue;
+          }
+          for (std::size_t kx = 0; kx < g.kernel_w; ++kx) {
+            const std::ptrdiff_t xx = x0 + static_cast<std::ptrdiff_t>(kx * g.dilation_w);
+            if (xx >= 0 && xx < static_cast<std::ptrdiff_t>(g.width)) dxrow[xx] += row[kx];
           }
         }
     }

@@ -27,27 +27,11 @@ namespace quant {
 
 namespace kernels {
 
-// One image xq [C, H, W] -> cols [OH*OW, C*KH*KW] (row-major), padding with `pad`.
+// One image xq [C, H, W] -> cols [OH*OW, C*KH*KW] (row-major), padding with `pad`: the float
+// kernel (im2col.hpp) on integers.
 template <class Int>
 void im2col_integer(const Int* QUANT_RESTRICT x, Int* QUANT_RESTRICT cols, const conv2d_shape& g, Int pad) noexcept {
-  const std::size_t oh = g.out_h(), ow = g.out_w(), k = g.patch_size();
-  for (std::size_t oy = 0; oy < oh; ++oy)
-    for (std::size_t ox = 0; ox < ow; ++ox) {
-      Int* row = cols + (oy * ow + ox) * k;
-      for (std::size_t c = 0; c < g.channels; ++c)
-        for (std::size_t ky = 0; ky < g.kernel_h; ++ky) {
-          const std::ptrdiff_t y = static_cast<std::ptrdiff_t>(oy * g.stride_h + ky * g.dilation_h) -
-                                   static_cast<std::ptrdiff_t>(g.pad_h);
-          const bool y_in = y >= 0 && y < static_cast<std::ptrdiff_t>(g.height);
-          const Int* xrow = x + (c * g.height + (y_in ? static_cast<std::size_t>(y) : 0)) * g.width;
-          for (std::size_t kx = 0; kx < g.kernel_w; ++kx) {
-            const std::ptrdiff_t xx = static_cast<std::ptrdiff_t>(ox * g.stride_w + kx * g.dilation_w) -
-                                      static_cast<std::ptrdiff_t>(g.pad_w);
-            const bool in = y_in && xx >= 0 && xx < static_cast<std::ptrdiff_t>(g.width);
-            *row++ = in ? xrow[xx] : pad;
-          }
-        }
-    }
+  im2col(x, cols, g, pad);
 }
 
 }  // namespace kernels
@@ -74,7 +58,7 @@ xt::xtensor<Int, 2> im2col(const xt::xtensor<Int, 4>& x, const conv2d_shape& g, 
   xt::xtensor<Int, 2> cols = xt::xtensor<Int, 2>::from_shape({n * rows, k});
   const Int pad = static_cast<Int>(zero_point);
   detail::parallel_for(n, n * rows * k, [&](std::size_t i) {
-    kernels::im2col_integer(x.data() + i * g.image_size(), cols.data() + i * rows * k, g, pad);
+    kernels::im2col(x.data() + i * g.image_size(), cols.data() + i * rows * k, g, pad);
   });
   return cols;
 }
