@@ -262,7 +262,7 @@ inline void check_accumulator_bound(const integer_op& op) {
   for (std::size_t c = 0; c < op.weights.shape()[0]; ++c) {
     std::int64_t a = std::llabs(op.bias[c]);
     for (std::size_t j = 0; j < op.weights.shape()[1]; ++j) a += span * std::abs(int(op.weights(c, j)));
-    if (a * op.acc_divisor > std::numeric_limits<std::int32_t>::max())
+    if (a > std::numeric_limits<std::int32_t>::max() / op.acc_divisor)  // acc_divisor >= 1; no int64 overflow
       fail(op.name, "channel " + std::to_string(c) + ": the accumulator (times the average-pool areas " +
                         std::to_string(op.acc_divisor) + ") could leave int32: |acc| <= " + std::to_string(a));
   }
@@ -855,13 +855,42 @@ inline nlohmann::ordered_json grid_json(const activation_grid& g) {
   return j;
 }
 
+// A JSON integer in [lo, hi] as T; std::invalid_argument naming `what` otherwise. (nlohmann's
+// get<int>() casts a float such as 1e30 unchecked, which is undefined behaviour.)
+template <class T>
+T json_int(const nlohmann::json& v, const std::string& what, std::int64_t lo, std::int64_t hi) {
+  const bool ok = v.is_number_unsigned() ? v.get<std::uint64_t>() <= static_cast<std::uint64_t>(hi)
+                                         : v.is_number_integer() && v.get<std::int64_t>() >= lo && v.get<std::int64_t>() <= hi;
+  if (!ok)
+    throw std::invalid_argument(what + " must be an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) +
+                                "], got " + v.dump());
+  return static_cast<T>(v.get<std::int64_t>());
+}
+template <class T>
+std::vector<T> json_ints(const nlohmann::json& v, const std::string& what, std::int64_t lo, std::int64_t hi) {
+  if (!v.is_array()) throw std::invalid_argument(what + " must be an array of integers, got " + v.dump());
+  std::vector<T> out;
+  for (const auto& e : v) out.push_back(json_int<T>(e, what, lo, hi));
+  return out;
+}
+constexpr std::int64_t json_int32_min = std::numeric_limits<std::int32_t>::min();
+constexpr std::int64_t json_int32_max = std::numeric_limits<std::int32_t>::max();
+constexpr std::int64_t max_json_size = std::int64_t(1) << 24;    // a shape entry
+constexpr std::int64_t max_json_window = std::int64_t(1) << 20;  // kernel, stride, padding (as model.json)
+// A shape: 1..4 entries, each in [1, 2^24].
+inline std::vector<std::size_t> json_shape(const nlohmann::json& v, const std::string& what) {
+  std::vector<std::size_t> s = json_ints<std::size_t>(v, what, 1, max_json_size);
+  if (s.empty() || s.size() > 4) throw std::invalid_argument(what + " must have 1 to 4 entries, got " + v.dump());
+  return s;
+}
+
 inline activation_grid grid_from_json(const nlohmann::json& j) {
   activation_grid g;
   g.scale = j.at("scale").get<double>();
-  g.zero_point = j.at("zero_point").get<std::int32_t>();
-  g.qmin = j.at("qmin").get<std::int32_t>();
-  g.qmax = j.at("qmax").get<std::int32_t>();
-  g.bits = j.at("bits").get<int>();
+  g.zero_point = json_int<std::int32_t>(j.at("zero_point"), "zero_point", json_int32_min, json_int32_max);
+  g.qmin = json_int<std::int32_t>(j.at("qmin"), "qmin", json_int32_min, json_int32_max);
+  g.qmax = json_int<std::int32_t>(j.at("qmax"), "qmax", json_int32_min, json_int32_max);
+  g.bits = json_int<int>(j.at("bits"), "bits", 0, 64);
   if (!(std::isfinite(g.scale) && g.scale > 0) || g.bits < 2 || g.bits > 8 || g.qmin != 0 ||
       g.qmax != (1 << g.bits) - 1 || g.zero_point < g.qmin || g.zero_point > g.qmax)
     throw std::invalid_argument("activation grid " + j.dump() + " is invalid (unsigned, 2..8 bits, scale > 0)");
@@ -872,9 +901,12 @@ inline activation_grid grid_from_json(const nlohmann::json& j) {
 // kernel and stride must be >= 1 (the message starts with `context`).
 inline void window_from_json(const nlohmann::json& j, integer_op& op, const std::string& context) {
   if (!j.contains("kernel")) return;
-  const auto k = j.at("kernel").get<std::array<std::size_t, 2>>();
-  const auto s = j.at("stride").get<std::array<std::size_t, 2>>();
-  const auto p = j.at("padding").get<std::array<std::size_t, 2>>();
+  auto pair = [&](const char* key) {
+    const auto v = json_ints<std::size_t>(j.at(key), context + key, 0, max_json_window);
+    if (v.size() != 2) throw std::invalid_argument(context + key + " must be [h, w], got " + j.at(key).dump());
+    return v;
+  };
+  const auto k = pair("kernel"), s = pair("stride"), p = pair("padding");
   op.kernel_h = k[0];
   op.kernel_w = k[1];
   op.stride_h = s[0];
@@ -883,6 +915,50 @@ inline void window_from_json(const nlohmann::json& j, integer_op& op, const std:
   op.pad_w = p[1];
   if (!op.kernel_h || !op.kernel_w || !op.stride_h || !op.stride_w)
     throw std::invalid_argument(context + "kernel and stride must be >= 1");
+}
+
+// The shape op computes from op.in_shape (weight ops: from the weights [out, K] too), or
+// std::invalid_argument when the op does not fit its input: what the runner relies on, so an
+// engine.json whose shapes disagree with its ops is refused instead of read out of bounds.
+inline std::vector<std::size_t> op_output_shape(const integer_op& op) {
+  const std::vector<std::size_t>& in = op.in_shape;
+  const std::size_t out = op.weights.shape()[0], K = op.weights.shape()[1];
+  auto need = [&](bool ok, const std::string& what) {
+    if (!ok) throw std::invalid_argument(std::string(to_string(op.kind)) + " '" + op.name + "': " + what);
+  };
+  auto window = [&](std::size_t channels) -> std::vector<std::size_t> {
+    need(in.size() == 3, "needs a [C, H, W] input, got " + shape_text(in));
+    need(op.kernel_h >= 1 && op.kernel_w >= 1 && op.stride_h >= 1 && op.stride_w >= 1, "kernel and stride must be >= 1");
+    need(in[1] + 2 * op.pad_h >= op.kernel_h && in[2] + 2 * op.pad_w >= op.kernel_w,
+         "the kernel does not fit the padded " + std::to_string(in[1]) + "x" + std::to_string(in[2]) + " input");
+    return {channels, (in[1] + 2 * op.pad_h - op.kernel_h) / op.stride_h + 1,
+            (in[2] + 2 * op.pad_w - op.kernel_w) / op.stride_w + 1};
+  };
+  switch (op.kind) {
+    case integer_op_kind::linear:
+      need(in.size() == 1 && in[0] == K, "weights [" + std::to_string(out) + ", " + std::to_string(K) +
+                                             "] do not fit the input " + shape_text(in));
+      return {out};
+    case integer_op_kind::conv2d:
+      need(in.size() == 3 && K == in[0] * op.kernel_h * op.kernel_w,
+           "weights [" + std::to_string(out) + ", " + std::to_string(K) + "] are not [out, C*kh*kw] for the input " +
+               shape_text(in));
+      return window(out);
+    case integer_op_kind::depthwise_conv2d:
+      need(in.size() == 3 && out == in[0] && K == op.kernel_h * op.kernel_w,
+           "weights [" + std::to_string(out) + ", " + std::to_string(K) + "] are not [C, kh*kw] for the input " +
+               shape_text(in));
+      return window(out);
+    case integer_op_kind::maxpool2d:
+    case integer_op_kind::avgpool2d: return window(in.empty() ? 0 : in[0]);
+    case integer_op_kind::global_avgpool:
+      need(in.size() == 3, "needs a [C, H, W] input, got " + shape_text(in));
+      return {in[0], 1, 1};
+    case integer_op_kind::flatten: return {shape_size(in)};
+    case integer_op_kind::clamp: return in;
+  }
+  need(false, "unknown op");
+  return {};
 }
 
 inline const char* activation_name(quant::fused_activation a) {
@@ -1023,7 +1099,8 @@ inline integer_model load_integer_model(const std::string& dir) {
   std::string field;
   try {
     field = "format";
-    if (j.at("format").get<std::string>() != "quant-integer-model" || j.at("version").get<int>() != 1)
+    if (j.at("format").get<std::string>() != "quant-integer-model" || !j.at("version").is_number_integer() ||
+        j.at("version").get<std::int64_t>() != 1)
       throw std::invalid_argument("expected format quant-integer-model, version 1");
     field = "requantization";
     const std::string r = j.at("requantization").get<std::string>();
@@ -1034,9 +1111,12 @@ inline integer_model load_integer_model(const std::string& dir) {
     if (wf != "int8" && wf != "int4") throw std::invalid_argument("must be int8 or int4");
     im.format = wf == "int8" ? weight_format::int8 : weight_format::int4;
     field = "input_shape";
-    im.input_shape = j.at("input_shape").get<std::vector<std::size_t>>();
+    im.input_shape = json_shape(j.at("input_shape"), "input_shape");
     field = "input";
     im.input = grid_from_json(j.at("input"));
+    // the runner quantizes the input with it: a scale that float cannot hold is refused here
+    (void)quant::qparams::per_tensor(quant::grid::int_unsigned(im.input.bits), static_cast<float>(im.input.scale),
+                                     im.input.zero_point);
     const auto& ops = j.at("ops");
     if (!ops.is_array() || ops.empty()) throw std::invalid_argument("ops must be a non-empty array");
     std::vector<std::size_t> shape = im.input_shape;
@@ -1055,20 +1135,32 @@ inline integer_model load_integer_model(const std::string& dir) {
         }
       if (!known) throw std::invalid_argument("unknown type '" + t + "'");
       op.name = o.at("name").get<std::string>();
-      op.in_shape = o.at("input_shape").get<std::vector<std::size_t>>();
-      op.out_shape = o.at("output_shape").get<std::vector<std::size_t>>();
+      op.in_shape = json_shape(o.at("input_shape"), "input_shape");
+      op.out_shape = json_shape(o.at("output_shape"), "output_shape");
       if (op.in_shape != shape) throw std::invalid_argument("input_shape does not chain with the previous op");
       if (op.kind == integer_op_kind::avgpool2d || op.kind == integer_op_kind::global_avgpool)
         throw std::invalid_argument("average pools appear only in a weight op's accumulator_ops");
       shape = op.out_shape;
       window_from_json(o, op, "");
       if (is_weight_op(op.kind)) {
-        const auto ws = o.at("weights_shape").get<std::array<std::size_t, 2>>();
-        const std::string wpath = dir + "/" + o.at("weights").get<std::string>();
-        op.weight_grid_bits = o.at("weight_grid_bits").get<int>();
-        op.weights = xt::xtensor<std::int8_t, 2>::from_shape({ws[0], ws[1]});
+        const auto ws = json_ints<std::size_t>(o.at("weights_shape"), "weights_shape", 1, max_json_size);
+        if (ws.size() != 2) throw std::invalid_argument("weights_shape must be [out, K]");
+        const std::string wname = o.at("weights").get<std::string>();
+        if (wname.empty() || wname.find('/') != std::string::npos || wname == "." || wname == "..")
+          throw std::invalid_argument("weights: '" + wname + "' must be a plain file name inside the engine directory");
+        const std::string wpath = dir + "/" + wname;
+        op.weight_grid_bits = json_int<int>(o.at("weight_grid_bits"), "weight_grid_bits", 2, 8);
         try {
-          if (im.format == weight_format::int8) {
+          // The file's header against its size and the declared shape before anything is allocated.
+          const npy_info info = read_npy_info(wpath);
+          const bool int8 = im.format == weight_format::int8;
+          if (info.dtype != (int8 ? npy_dtype::i1 : npy_dtype::u1))
+            throw std::invalid_argument(std::string("weights: dtype ") + npy_descr(info.dtype) + ", expected " +
+                                        (int8 ? "|i1 (int8)" : "|u1 (packed int4)"));
+          if (info.size != (int8 ? ws[0] * ws[1] : (ws[0] * ws[1] + 1) / 2))
+            throw std::invalid_argument(int8 ? "weights: wrong element count" : "weights: wrong byte count");
+          op.weights = xt::xtensor<std::int8_t, 2>::from_shape({ws[0], ws[1]});
+          if (int8) {
             const auto a = xt::load_npy<std::int8_t>(wpath);
             if (a.size() != op.weights.size()) throw std::invalid_argument("weights: wrong element count");
             std::copy(a.begin(), a.end(), op.weights.begin());
@@ -1085,7 +1177,7 @@ inline integer_model load_integer_model(const std::string& dir) {
           throw bundle_error(wpath, field + ".weights", e.what());
         }
         op.weight_scales = o.at("weight_scales").get<std::vector<float>>();
-        op.bias = o.at("bias").get<std::vector<std::int32_t>>();
+        op.bias = json_ints<std::int32_t>(o.at("bias"), "bias", json_int32_min, json_int32_max);
         op.input = grid_from_json(o.at("input"));
         if (op.weight_scales.size() != ws[0] || op.bias.size() != ws[0])
           throw std::invalid_argument("weight_scales and bias need one entry per output channel");
@@ -1100,7 +1192,9 @@ inline integer_model load_integer_model(const std::string& dir) {
                           : a == "relu6" ? quant::fused_activation::relu6
                                          : quant::fused_activation::none;
           if (o.contains("accumulator_ops")) {
-            op.acc_shape = o.at("accumulator_shape").get<std::vector<std::size_t>>();
+            op.acc_shape = json_shape(o.at("accumulator_shape"), "accumulator_shape");
+            if (op.acc_shape != op_output_shape(op))
+              throw std::invalid_argument("accumulator_shape is not the shape the op computes");
             std::vector<std::size_t> sh = op.acc_shape;
             std::int64_t divisor = 1;
             for (const auto& sj : o.at("accumulator_ops")) {
@@ -1113,18 +1207,24 @@ inline integer_model load_integer_model(const std::string& dir) {
                        : st == "flatten"        ? integer_op_kind::flatten
                                                 : throw std::invalid_argument("accumulator_ops: unknown type '" + st + "'");
               a.name = sj.at("name").get<std::string>();
-              a.in_shape = sj.at("input_shape").get<std::vector<std::size_t>>();
-              a.out_shape = sj.at("output_shape").get<std::vector<std::size_t>>();
+              a.in_shape = json_shape(sj.at("input_shape"), "accumulator_ops: input_shape");
+              a.out_shape = json_shape(sj.at("output_shape"), "accumulator_ops: output_shape");
               if (a.in_shape != sh) throw std::invalid_argument("accumulator_ops: shapes do not chain");
               sh = a.out_shape;
               window_from_json(sj, a, "accumulator_ops: ");
-              if (a.kind == integer_op_kind::avgpool2d) divisor *= static_cast<std::int64_t>(a.kernel_h * a.kernel_w);
-              if (a.kind == integer_op_kind::global_avgpool)
-                divisor *= static_cast<std::int64_t>(a.in_shape.at(1) * a.in_shape.at(2));
+              if (a.out_shape != op_output_shape(a))
+                throw std::invalid_argument("accumulator_ops: output_shape is not the shape the op computes");
+              std::size_t area = 1;
+              if (a.kind == integer_op_kind::avgpool2d) area = a.kernel_h * a.kernel_w;
+              if (a.kind == integer_op_kind::global_avgpool) area = a.in_shape.at(1) * a.in_shape.at(2);
+              // beyond 2^31 the accumulator bound fails anyway; checked before the product overflows
+              if (area > (std::size_t(1) << 31) / static_cast<std::size_t>(divisor))
+                throw std::invalid_argument("accumulator_ops: the averaging areas exceed 2^31");
+              divisor *= static_cast<std::int64_t>(area);
               op.acc_ops.push_back(std::move(a));
             }
             if (sh != op.out_shape) throw std::invalid_argument("accumulator_ops do not end at output_shape");
-            if (divisor != o.at("accumulator_divisor").get<std::int64_t>())
+            if (divisor != json_int<std::int64_t>(o.at("accumulator_divisor"), "accumulator_divisor", 1, std::int64_t(1) << 31))
               throw std::invalid_argument("accumulator_divisor is not the product of the averaging areas");
             op.acc_divisor = divisor;
           }
@@ -1133,21 +1233,34 @@ inline integer_model load_integer_model(const std::string& dir) {
           integer_detail::finish_weight_op(op, im.rounding);
           if (stored != op.multipliers)
             throw std::invalid_argument("multipliers differ from input.scale * weight_scales / output.scale");
-          const auto clamp = o.at("clamp").get<std::array<std::int32_t, 2>>();
-          if (clamp[0] != op.rq.lo || clamp[1] != op.rq.hi) throw std::invalid_argument("clamp does not match the activation");
+          const auto clamp = json_ints<std::int32_t>(o.at("clamp"), "clamp", json_int32_min, json_int32_max);
+          if (clamp.size() != 2 || clamp[0] != op.rq.lo || clamp[1] != op.rq.hi)
+            throw std::invalid_argument("clamp does not match the activation");
         }
         integer_detail::check_accumulator_bound(op);
         integer_detail::pack(op, im.format);
       } else if (op.kind != integer_op_kind::flatten) {
-        op.zero_point = o.at("zero_point").get<std::int32_t>();
+        op.zero_point = json_int<std::int32_t>(o.at("zero_point"), "zero_point", 0, 255);
         if (op.kind == integer_op_kind::clamp) {
-          const auto c = o.at("clamp").get<std::array<std::int32_t, 2>>();
+          const auto c = json_ints<std::int32_t>(o.at("clamp"), "clamp", 0, 255);
+          if (c.size() != 2 || c[0] > c[1]) throw std::invalid_argument("clamp must be [lo, hi] with 0 <= lo <= hi <= 255");
           op.lo = c[0];
           op.hi = c[1];
         }
       }
+      if (op.acc_ops.empty() && op.out_shape != op_output_shape(op))
+        throw std::invalid_argument("output_shape " + shape_text(op.out_shape) + " is not the shape the op computes, " +
+                                    shape_text(op_output_shape(op)));
       im.ops.push_back(std::move(op));
     }
+    // The runner stops at the op that outputs the logits: it must exist, and only flatten may follow it.
+    field = "ops";
+    std::size_t logits_at = 0;
+    while (logits_at < im.ops.size() && !im.ops[logits_at].logits) ++logits_at;
+    if (logits_at == im.ops.size()) throw std::invalid_argument("no op outputs \"logits\" (the last weight op must)");
+    for (std::size_t i = logits_at + 1; i < im.ops.size(); ++i)
+      if (im.ops[i].kind != integer_op_kind::flatten)
+        throw std::invalid_argument("only flatten may follow the op that outputs the logits (ops[" + std::to_string(i) + "])");
   } catch (const bundle_error&) {
     throw;
   } catch (const std::exception& e) {

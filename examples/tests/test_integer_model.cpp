@@ -6,6 +6,8 @@
 #include <cmath>
 #include <cstdint>
 #include <filesystem>
+#include <fstream>
+#include <functional>
 #include <random>
 #include <string>
 #include <vector>
@@ -342,6 +344,77 @@ TEST_CASE("engine directory round trip", "[integer_model]") {
     CHECK_NOTHROW(load_integer_model(dir));
     std::ofstream(dir + "/engine.json", std::ios::app) << "}x";
     CHECK_THROWS_WITH(load_integer_model(dir), Catch::Contains("engine.json") && Catch::Contains("not valid JSON"));
+  }
+}
+
+// engine.json is outside data: every field the runner relies on is checked against the
+// others and against the files before anything is allocated or run (found by fuzz_model_bundle).
+TEST_CASE("a malformed engine.json is refused, never allocated or run", "[integer_model]") {
+  // small_mlp's engine: ops fl [1,6,6] -> [36], fc1 [40, 36], fc2 [24, 40], fc3 [10, 24] (logits).
+  const std::string dir = tmp_dir("lying");
+  save_integer_model(make_integer_model(small_mlp(8, 5)), dir);
+  nlohmann::json good;
+  {
+    std::ifstream f(dir + "/engine.json");
+    f >> good;
+  }
+  REQUIRE(good["ops"].size() == 4);
+  REQUIRE(good["ops"][1]["weights_shape"] == nlohmann::json::array({40, 36}));
+  auto load_with = [&](const std::function<void(nlohmann::json&)>& edit) {
+    nlohmann::json j = good;
+    edit(j);
+    std::ofstream(dir + "/engine.json", std::ios::trunc) << j.dump();
+    return load_integer_model(dir);
+  };
+  CHECK_NOTHROW(load_with([](nlohmann::json&) {}));
+  SECTION("a weights_shape larger than the file (6.4e8 bytes claimed, 1440 held)") {
+    CHECK_THROWS_WITH(load_with([](nlohmann::json& j) { j["ops"][1]["weights_shape"] = {40, 16000000}; }),
+                      Catch::Contains("ops[1]") && Catch::Contains("element count"));
+    // beyond 2^24 per entry a shape is refused as such
+    CHECK_THROWS_WITH(load_with([](nlohmann::json& j) { j["ops"][1]["weights_shape"] = {40, 36000000}; }),
+                      Catch::Contains("ops[1]") && Catch::Contains("weights_shape"));
+  }
+  SECTION("a weights_shape that agrees with the file but not with the input (K = 40 for 36 features)") {
+    // 36 x 40 = 1440 bytes: the file's size, so only the geometry check can refuse it
+    // (per-channel entries trimmed to 36 so that everything else agrees)
+    CHECK_THROWS_WITH(load_with([](nlohmann::json& j) {
+                        auto& op = j["ops"][1];
+                        op["weights_shape"] = {36, 40};
+                        for (const char* key : {"weight_scales", "bias", "multipliers", "fixed_point_multipliers",
+                                                "shifts", "float_multipliers"}) {
+                          auto v = op[key];
+                          if (v.size() == 40) op[key] = std::vector<nlohmann::json>(v.begin(), v.begin() + 36);
+                        }
+                      }),
+                      Catch::Contains("ops[1]") && Catch::Contains("do not fit the input"));
+  }
+  SECTION("an output_shape the op does not compute (the runner would write past its buffers)") {
+    CHECK_THROWS_WITH(load_with([](nlohmann::json& j) {
+                        j["ops"][3]["output_shape"] = {300};
+                        j["output_shape"] = {300};
+                      }),
+                      Catch::Contains("ops[3]") && Catch::Contains("output_shape"));
+    CHECK_THROWS_WITH(load_with([](nlohmann::json& j) {
+                        j["ops"][0]["output_shape"] = {40};
+                        j["ops"][1]["input_shape"] = {40};
+                      }),
+                      Catch::Contains("ops[0]") && Catch::Contains("output_shape"));
+  }
+  SECTION("no op outputs the logits") {
+    CHECK_THROWS_WITH(load_with([](nlohmann::json& j) { j["ops"].erase(3); }), Catch::Contains("logits"));
+  }
+  SECTION("numbers outside their type are refused, not cast") {
+    CHECK_THROWS_WITH(load_with([](nlohmann::json& j) { j["version"] = 1e30; }), Catch::Contains("version"));
+    CHECK_THROWS_WITH(load_with([](nlohmann::json& j) { j["input"]["zero_point"] = 1e30; }),
+                      Catch::Contains("zero_point"));
+    CHECK_THROWS_WITH(load_with([](nlohmann::json& j) { j["ops"][2]["bias"][0] = 4294967296.0; }),
+                      Catch::Contains("bias"));
+    CHECK_THROWS_WITH(load_with([](nlohmann::json& j) { j["ops"][1]["input_shape"] = {-36}; }),
+                      Catch::Contains("input_shape"));
+  }
+  SECTION("a weights file outside the directory") {
+    CHECK_THROWS_WITH(load_with([](nlohmann::json& j) { j["ops"][1]["weights"] = "../fc1.weights.npy"; }),
+                      Catch::Contains("plain file name"));
   }
 }
 
