@@ -327,6 +327,7 @@ QUANT_ALWAYS_INLINE void dot_tile(const std::uint8_t* w, const activation_t<Bits
     return;
   }
 #endif
+  (void)xsum8;  // the scalar tiles compute sum_k w x directly
   dot_tile_scalar<Bits>(w, x, ldx, steps, nr, out);
 }
 
@@ -341,6 +342,7 @@ QUANT_ALWAYS_INLINE void dot_row_2blocks(const std::uint8_t* wa, const std::uint
     return;
   }
 #endif
+  (void)xsum8;
   dot_tile_scalar<Bits>(wa, x, 0, steps, 1, out_a);
   dot_tile_scalar<Bits>(wb, x, 0, steps, 1, out_b);
 }
