@@ -3,9 +3,14 @@
 # roundings and can be compared bit for bit.
 add_library(quant_build_flags INTERFACE)
 target_compile_options(quant_build_flags INTERFACE -Wall -Wextra -Wno-maybe-uninitialized -ffp-contract=off)
+# QUANT_ARCH_FLAGS picks the instruction set of a SIMD build: -march=native by default;
+# e.g. "-mavx2 -mfma" for an AVX2-only build on an AVX-512 machine (the kernels then take
+# their AVX2 paths), to check that both give the same bits (scripts/compare-digests.sh).
+set(QUANT_ARCH_FLAGS "-march=native" CACHE STRING "SIMD build: instruction-set flags (-march=native, -mavx2 -mfma, ...)")
 if(QUANT_SIMD)
   target_compile_definitions(quant_build_flags INTERFACE XTENSOR_USE_XSIMD)
-  target_compile_options(quant_build_flags INTERFACE -march=native)
+  separate_arguments(quant_arch_flags UNIX_COMMAND "${QUANT_ARCH_FLAGS}")
+  target_compile_options(quant_build_flags INTERFACE ${quant_arch_flags})
 else()
   target_compile_definitions(quant_build_flags INTERFACE QUANT_NO_SIMD)
 endif()
