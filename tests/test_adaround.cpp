@@ -1,5 +1,6 @@
 // AdaRound: primitives against finite differences (double), the fused pass against the
-// primitives, the layer optimizer against round-to-nearest on held-out data.
+// primitives and its Adam moments against Adam's formula, the layer loss gradient against
+// central differences, the layer optimizer against round-to-nearest on held-out data.
 #include <quant/adaround.hpp>
 #include <quant/im2col.hpp>
 #include <quant/observers.hpp>
@@ -369,6 +370,318 @@ TEST_CASE("the fused pass keeps subnormals out: |2h-1|^(beta-1) below e^-80 coun
   CHECK(subnormals(m.data(), m.size()) == 0);
   CHECK(subnormals(s2.data(), s2.size()) == 0);
   CHECK(subnormals(ws.data(), ws.size()) == 0);
+}
+
+// ---- Adam moments of the fused pass and the layer loss gradient, from the formulas ------
+namespace {
+// The formulas of adaround.hpp in double: h(V), h'(V), one regularizer term and its
+// derivative (zeta = 1.1, gamma = -0.1).
+double ref_sigmoid(double v) { return 1.0 / (1.0 + std::exp(-v)); }
+double ref_stretched(double v) { return ref_sigmoid(v) * 1.2 - 0.1; }
+double ref_h(double v) { return std::min(1.0, std::max(0.0, ref_stretched(v))); }
+double ref_h_prime(double v) {
+  const double s = ref_sigmoid(v), u = s * 1.2 - 0.1;
+  return (u > 0.0 && u < 1.0) ? s * (1.0 - s) * 1.2 : 0.0;
+}
+double ref_reg_term(double v, double beta) { return 1.0 - std::pow(std::fabs(2.0 * ref_h(v) - 1.0), beta); }
+// -2 beta |2h-1|^(beta-1) sign(2h-1) h'(V), with the fused pass's documented cut:
+// |2h-1|^(beta-1) < e^-80 counts as 0.
+double ref_reg_grad(double v, double beta) {
+  const double t = 2.0 * ref_h(v) - 1.0;
+  const double p = std::pow(std::fabs(t), beta - 1.0);
+  if (!(p >= std::exp(-80.0))) return 0.0;
+  return -2.0 * beta * (t < 0.0 ? -p : p) * ref_h_prime(v);
+}
+// True where V is close enough to |V| = log 11 (h reaches 0 or 1) that a difference
+// quotient or float rounding may straddle the jump of h'.
+bool near_h_kink(double v) {
+  const double u = ref_stretched(v);
+  return std::fabs(u) < 1e-5 || std::fabs(u - 1.0) < 1e-5;
+}
+
+// One Adam step in double from Kingma & Ba's formula with the options' (float)
+// parameters, and quant's documented flush of |g| < eps 2^-24 to 0.
+struct ref_adam {
+  double beta1, beta2, eps, lr;
+  std::size_t t = 0;
+  explicit ref_adam(const adam_options& o) : beta1(o.beta1), beta2(o.beta2), eps(o.epsilon), lr(o.learning_rate) {}
+  void begin_step() { ++t; }
+  double apply(double& p, double g, double& m, double& v) const {
+    if (std::fabs(g) < eps * std::ldexp(1.0, -24)) g = 0.0;
+    m = beta1 * m + (1.0 - beta1) * g;
+    v = beta2 * v + (1.0 - beta2) * g * g;
+    const double mhat = m / (1.0 - std::pow(beta1, double(t))), vhat = v / (1.0 - std::pow(beta2, double(t)));
+    p -= lr * mhat / (std::sqrt(vhat) + eps);
+    return p;
+  }
+};
+
+// dL/dV as quant's fused pass computes it from dL/dW_soft = grad, decoded from the first
+// moment of one Adam step from zero moments (m = (1 - beta1) dL/dV).
+std::vector<double> fused_pass_dv(const xt::xtensor<float, 2>& w, const xt::xtensor<float, 2>& v, const qparams& p,
+                                  const xt::xtensor<float, 2>& grad, float lambda, float beta) {
+  const auto plan = detail::make_segment_plan(w.shape(), p, "test");
+  const xt::xtensor<float, 2> base = floor_base(w, plan);
+  const float qmin = float(p.qmin()), qmax = float(p.qmax());
+  xt::xtensor<float, 2> vv = v, sig = xt::zeros<float>(w.shape()), ws = sig;
+  std::vector<float> m(w.size(), 0.0f), s2(w.size(), 0.0f);
+  kernels::adaround_step_constants c;
+  c.adam = adam_step::make(adam_options{}, 1);
+  c.lambda = lambda;
+  c.beta = beta;
+  kernels::adaround_soft_weights<>(plan, qmin, qmax, base.data(), vv.data(), sig.data(), ws.data());
+  kernels::adaround_fused_step<>(plan, qmin, qmax, base.data(), grad.data(), vv.data(), sig.data(), m.data(),
+                                 s2.data(), ws.data(), c);
+  std::vector<double> dv(w.size());
+  for (std::size_t i = 0; i < w.size(); ++i) dv[i] = double(m[i]) / double(c.adam.one_minus_beta1);
+  return dv;
+}
+}  // namespace
+
+TEST_CASE("the fused pass's Adam moments after 1, 2 and 3 steps follow Adam's formula on the reference gradient",
+          "[adaround]") {
+  // Per-channel scales small enough that many weights lie beyond the 3-bit grid (no
+  // reconstruction gradient, only the regularizer's), V inside (-2.3, 2.3) and saturated
+  // (|V| >= 2.6: h binary, no gradient), gradients of ordinary size and, in one band of
+  // columns, so small (|dL/dV| ~ 1e-9) that Adam's eps matters. Step 1 is warm-up
+  // (lambda = 0); steps 2 and 3 add the regularizer at two betas. The gradient dL/dW_soft
+  // changes from step to step, so after steps 2 and 3 the update depends on the moments'
+  // values, not only on the sign of one gradient.
+  const std::size_t out = 6, in = 67;  // odd rows: scalar tails
+  const auto w = normal_matrix(out, in, 61, 0.3f);
+  std::vector<float> scales(out);
+  for (std::size_t o = 0; o < out; ++o) scales[o] = 0.05f * (1.0f + 0.25f * static_cast<float>(o));
+  const qparams p = qparams::per_channel(grid::int_signed(3), scales, 0);
+  const auto plan = detail::make_segment_plan(w.shape(), p, "test");
+  const float qmin = float(p.qmin()), qmax = float(p.qmax());
+  const xt::xtensor<float, 2> base = floor_base(w, plan);
+  xt::xtensor<float, 2> v0 = xt::xtensor<float, 2>::from_shape(w.shape());
+  for (std::size_t i = 0; i < v0.size(); ++i) {
+    const float frac = static_cast<float>((i * 37) % 101) / 100.0f;
+    v0.data()[i] = i % 5 == 4 ? (i % 2 ? 1.0f : -1.0f) * (2.6f + static_cast<float>(i % 3)) : -2.3f + 4.6f * frac;
+  }
+  std::vector<xt::xtensor<float, 2>> g = {normal_matrix(out, in, 62, 0.2f), normal_matrix(out, in, 63, 0.2f),
+                                          normal_matrix(out, in, 64, 0.2f)};
+  for (auto& gt : g)
+    for (std::size_t o = 0; o < out; ++o)
+      for (std::size_t i = 3; i < in; i += 7) gt(o, i) *= 1e-6f;
+  const float lambdas[3] = {0.0f, 2e-3f, 2e-3f}, betas[3] = {20.0f, 10.0f, 4.0f};
+  const adam_options ao{1e-2f};
+
+  // Reference: dL/dV = g s 1[qmin <= base + h <= qmax] h'(V) + lambda df_reg/dV, Adam in double.
+  const std::size_t n = w.size();
+  std::vector<double> V(v0.begin(), v0.end()), M(n, 0.0), S(n, 0.0), mag(n, 0.0);
+  std::vector<std::vector<double>> want_v(3), want_m(3), want_s(3), want_mag(3);
+  std::vector<double> want_reg(3, 0.0);
+  ref_adam ref(ao);
+  std::size_t clipped = 0, saturated = 0, regularized = 0, tiny = 0;
+  for (std::size_t t = 0; t < 3; ++t) {
+    ref.begin_step();
+    for (std::size_t i = 0; i < n; ++i) {
+      const double s = scales[i / in], h = ref_h(V[i]), q = double(base.data()[i]) + h;
+      const double rec = (q >= qmin && q <= qmax) ? double(g[t].data()[i]) * s * ref_h_prime(V[i]) : 0.0;
+      const double reg = lambdas[t] * ref_reg_grad(V[i], betas[t]);
+      if (lambdas[t] > 0.0f) want_reg[t] += ref_reg_term(V[i], betas[t]);
+      mag[i] = std::max(mag[i], std::fabs(rec) + std::fabs(reg));  // scale of the float rounding errors
+      if (t == 0) {
+        clipped += (q < qmin || q > qmax) && ref_h_prime(V[i]) > 0.0;
+        saturated += ref_h_prime(V[i]) == 0.0;
+        tiny += std::fabs(rec) > 0.0 && std::fabs(rec) < 1e-7;
+      }
+      regularized += reg != 0.0;
+      ref.apply(V[i], rec + reg, M[i], S[i]);
+    }
+    want_v[t] = V, want_m[t] = M, want_s[t] = S, want_mag[t] = mag;
+  }
+  CHECK(clipped > 20);
+  CHECK(saturated > 40);
+  CHECK(tiny > 10);
+  CHECK(regularized > 200);
+
+  auto run = [&](auto arch_tag) {
+    using Arch = decltype(arch_tag);
+    xt::xtensor<float, 2> vv = v0, sig = xt::zeros<float>(w.shape()), ws = sig;
+    std::vector<float> m(n, 0.0f), s2(n, 0.0f);
+    kernels::adaround_soft_weights<Arch>(plan, qmin, qmax, base.data(), vv.data(), sig.data(), ws.data());
+    for (std::size_t t = 0; t < 3; ++t) {
+      kernels::adaround_step_constants c;
+      c.adam = adam_step::make(ao, t + 1);
+      c.lambda = lambdas[t];
+      c.beta = betas[t];
+      const double reg = kernels::adaround_fused_step<Arch>(plan, qmin, qmax, base.data(), g[t].data(), vv.data(),
+                                                            sig.data(), m.data(), s2.data(), ws.data(), c);
+      INFO("step " << t + 1);
+      CHECK(reg == Approx(want_reg[t]).epsilon(1e-5));
+      double worst_m = 0.0, worst_v = 0.0, worst_V = 0.0;
+      for (std::size_t i = 0; i < n; ++i) {
+        // m and v within float rounding of the gradient (exp/log within a few ulp; the
+        // regularizer's pow within ~80 ulp) relative to the size of the gradient's terms,
+        // V within a few ulp plus what those errors move it
+        const double a = want_mag[t][i];
+        worst_m = std::max(worst_m, std::fabs(m[i] - want_m[t][i]) / (1e-5 * a + 1e-30));
+        const double v_scale = (1.0 - double(ao.beta2)) * double(t + 1) * a * a;  // bounds v
+        worst_v = std::max(worst_v, std::fabs(s2[i] - want_s[t][i]) / (4e-5 * v_scale + 1e-38));
+        const double vi = want_v[t][i];
+        worst_V = std::max(worst_V, std::fabs(vv.data()[i] - vi) / (4e-7 * std::fabs(vi) + 1e-5 * ao.learning_rate));
+        if (t == 2) {
+          const double s = scales[i / in], z = 0.0;
+          const double qs = std::min<double>(qmax, std::max<double>(qmin, base.data()[i] + ref_h(vi)));
+          CHECK(ws.data()[i] == Approx(s * (qs - z)).margin(1e-6));
+          if (std::fabs(vi) < 2.39) CHECK(sig.data()[i] == Approx(ref_sigmoid(vi)).margin(1e-6));  // else kept as 0 / 1
+        }
+      }
+      INFO("worst error / tolerance: m " << worst_m << ", v " << worst_v << ", V " << worst_V);
+      CHECK(worst_m <= 1.0);
+      CHECK(worst_v <= 1.0);
+      CHECK(worst_V <= 1.0);
+    }
+  };
+  SECTION("scalar") { run(simd::scalar{}); }
+  SECTION("default arch") { run(simd::default_arch{}); }
+}
+
+namespace {
+// The layer objective of adaround.hpp in double, for one weight's central difference:
+//   L(V) = (1/B) sum_{b,o} (f_a(W_soft(V) x_hat_b + bias) - f_a(W x_b + bias))_o^2 + lambda f_reg(V)
+// Only output o and one regularizer term depend on V[o, i], so the difference quotient
+// is taken over those terms (the others cancel exactly).
+struct layer_objective {
+  const xt::xtensor<float, 2>&w, &x, &x_hat;
+  const xt::xtensor<float, 1>* bias;
+  bool relu;
+  const qparams& p;
+  double lambda, beta;
+  xt::xtensor<double, 2> pre_hat, target;  // [B, out] at V (pre-activation) and the FP targets
+
+  double f(double a) const { return relu && !(a > 0.0) ? 0.0 : a; }
+  double soft(std::size_t o, std::size_t i, double v) const {
+    const float s = p.scale(o), inv = 1.0f / s, z = float(p.zero_point(o));
+    const double base = std::floor(w(o, i) * inv) + z;  // W * (1/s) with the float reciprocal
+    return double(s) * (std::min<double>(p.qmax(), std::max<double>(p.qmin(), base + ref_h(v))) - z);
+  }
+  void prepare(const xt::xtensor<float, 2>& v) {
+    const std::size_t B = x.shape()[0], out = w.shape()[0], in = w.shape()[1];
+    pre_hat = xt::zeros<double>({B, out});
+    target = xt::zeros<double>({B, out});
+    for (std::size_t b = 0; b < B; ++b)
+      for (std::size_t o = 0; o < out; ++o) {
+        double a = bias ? double((*bias)(o)) : 0.0, t = a;
+        for (std::size_t i = 0; i < in; ++i) {
+          a += soft(o, i, v(o, i)) * x_hat(b, i);
+          t += double(w(o, i)) * x(b, i);
+        }
+        pre_hat(b, o) = a;
+        target(b, o) = f(t);
+      }
+  }
+  double central_difference(const xt::xtensor<float, 2>& v, std::size_t o, std::size_t i, double eps) const {
+    const double dw_plus = soft(o, i, v(o, i) + eps) - soft(o, i, v(o, i));
+    const double dw_minus = soft(o, i, v(o, i) - eps) - soft(o, i, v(o, i));
+    const std::size_t B = x.shape()[0];
+    double diff = 0.0;
+    for (std::size_t b = 0; b < B; ++b) {
+      const double ep = f(pre_hat(b, o) + dw_plus * x_hat(b, i)) - target(b, o);
+      const double em = f(pre_hat(b, o) + dw_minus * x_hat(b, i)) - target(b, o);
+      diff += ep * ep - em * em;
+    }
+    diff /= static_cast<double>(B);
+    diff += lambda * (ref_reg_term(v(o, i) + eps, beta) - ref_reg_term(v(o, i) - eps, beta));
+    return diff / (2.0 * eps);
+  }
+};
+}  // namespace
+
+TEST_CASE("the layer loss gradient dL/dV with bias, ReLU, X_hat and the regularizer matches central differences",
+          "[adaround]") {
+  // One optimizer step on all calibration rows (batch = rows) at a V away from the init,
+  // so that W_soft differs from W; the regularizer on from the first iteration (no warm-up).
+  // The optimizer's dL/dW_soft (left in its variables' gradient buffer by the step) goes
+  // through the fused pass as adaround_variables::step sends it; the resulting dL/dV is
+  // compared with central differences of L in double.
+  const std::size_t out = 8, in = 24, rows = 40;
+  const auto w = normal_matrix(out, in, 71, 0.3f);
+  const auto x = correlated_inputs(rows, in, 72);
+  const xt::xtensor<float, 2> x_hat = x + 0.05f * normal_matrix(rows, in, 73);
+  xt::xtensor<float, 1> bias = xt::xtensor<float, 1>::from_shape({out});
+  for (std::size_t o = 0; o < out; ++o) bias(o) = 0.15f * static_cast<float>(static_cast<int>(o % 5) - 2);
+  const qparams p = calibrate_minmax(w, grid::int_signed(3), scheme::symmetric, 0);
+  adaround_options opt;
+  opt.iterations = 1;
+  opt.batch_size = rows;
+  opt.warmup = 0.0f;
+  opt.lambda = 0.01f;
+  opt.beta_start = opt.beta_end = 3.0f;
+  opt.act = activation::relu;
+  opt.initial_v = adaround_init(w, p) + 0.6f * normal_matrix(out, in, 74);
+  const xt::xtensor<float, 2> v0 = opt.initial_v;
+  adaround_optimizer ada(w, x, p, opt, &x_hat, &bias);
+  ada.step();
+  // adaround_optimizer exposes its variables read-only; the step has just filled their
+  // gradient buffer with dL_rec/dW_soft at v0.
+  const xt::xtensor<float, 2> grad = const_cast<adaround_variables&>(ada.variables()).gradient();
+  const std::vector<double> dv = fused_pass_dv(w, v0, p, grad, opt.lambda, opt.beta_start);
+
+  layer_objective L{w, x, x_hat, &bias, true, p, opt.lambda, opt.beta_start, {}, {}};
+  L.prepare(v0);
+  double min_abs_pre = INFINITY;
+  std::size_t relu_off = 0;
+  for (double a : L.pre_hat) {
+    min_abs_pre = std::min(min_abs_pre, std::fabs(a));
+    relu_off += a <= 0.0;
+  }
+  REQUIRE(min_abs_pre > 1e-4);  // no difference quotient straddles the ReLU's kink
+  CHECK(relu_off > L.pre_hat.size() / 10);  // the ReLU is active on part of the outputs
+  const double eps = 1e-6;
+  std::vector<double> fd(w.size(), 0.0);
+  double scale = 0.0;
+  std::size_t checked = 0;
+  for (std::size_t o = 0; o < out; ++o)
+    for (std::size_t i = 0; i < in; ++i) {
+      if (near_h_kink(v0(o, i))) continue;
+      fd[o * in + i] = L.central_difference(v0, o, i, eps);
+      scale = std::max(scale, std::fabs(fd[o * in + i]));
+      ++checked;
+    }
+  REQUIRE(checked > w.size() * 3 / 4);
+  double worst = 0.0;
+  for (std::size_t k = 0; k < w.size(); ++k) {
+    if (near_h_kink(v0.data()[k])) continue;
+    const double tol = 1e-5 * scale + 1e-4 * std::fabs(fd[k]);
+    worst = std::max(worst, std::fabs(dv[k] - fd[k]) / tol);
+    if (std::fabs(dv[k] - fd[k]) > tol) {
+      INFO("V[" << k << "] = " << v0.data()[k] << ": fused pass " << dv[k] << ", central difference " << fd[k]);
+      CHECK(dv[k] == Approx(fd[k]).margin(tol));
+    }
+  }
+  INFO("worst |error| / tolerance " << worst << ", max |dL/dV| " << scale);
+  CHECK(worst <= 1.0);
+
+  SECTION("each of X_hat, the bias, the ReLU and the regularizer changes the gradient beyond the tolerance") {
+    // The same comparison against objectives that each drop one ingredient: a gradient
+    // computed without it would fail the check above.
+    const xt::xtensor<float, 1> no_bias = xt::zeros<float>({out});
+    layer_objective variants[4] = {{w, x, x, &bias, true, p, opt.lambda, opt.beta_start, {}, {}},
+                                   {w, x, x_hat, &no_bias, true, p, opt.lambda, opt.beta_start, {}, {}},
+                                   {w, x, x_hat, &bias, false, p, opt.lambda, opt.beta_start, {}, {}},
+                                   {w, x, x_hat, &bias, true, p, 0.0, opt.beta_start, {}, {}}};
+    for (auto& Lv : variants) {
+      Lv.prepare(v0);
+      double dev = 0.0;
+      for (std::size_t o = 0; o < out; ++o)
+        for (std::size_t i = 0; i < in; ++i)
+          if (!near_h_kink(v0(o, i)))
+            dev = std::max(dev, std::fabs(Lv.central_difference(v0, o, i, eps) - dv[o * in + i]));
+      CHECK(dev > 100.0 * 1e-5 * scale);
+    }
+  }
+  SECTION("the first Adam step moves V by -lr g / (|g| + eps) for that gradient") {
+    const double lr = opt.learning_rate;
+    for (std::size_t k = 0; k < w.size(); ++k) {
+      if (near_h_kink(v0.data()[k])) continue;
+      const double want = v0.data()[k] - lr * fd[k] / (std::fabs(fd[k]) + 1e-8);
+      CHECK(ada.v().data()[k] == Approx(want).margin(4e-7 * std::fabs(want) + 1e-3 * lr));
+    }
+  }
 }
 
 namespace {
