@@ -83,6 +83,32 @@ inline void require_two_threads() {
 #endif
 }
 
+// Caps quant's threads at n for a scope and restores the default cap when it ends (also
+// when a REQUIRE fails inside it).
+struct thread_cap {
+  explicit thread_cap(int n) { quant::set_num_threads(n); }
+  ~thread_cap() { quant::set_num_threads(0); }
+  thread_cap(const thread_cap&) = delete;
+  thread_cap& operator=(const thread_cap&) = delete;
+};
+
+// f() run with quant's threads capped at n.
+template <class F>
+auto with_threads(int n, F&& f) {
+  thread_cap cap(n);
+  return f();
+}
+
+// n integers drawn uniformly from [lo, hi] with a fixed seed, converted to T.
+template <class T>
+std::vector<T> random_ints(std::size_t n, int lo, int hi, std::uint32_t seed) {
+  std::mt19937 g(seed);
+  std::uniform_int_distribution<int> d(lo, hi);
+  std::vector<T> v(n);
+  for (auto& x : v) x = static_cast<T>(d(g));
+  return v;
+}
+
 inline std::uint32_t bits_of(float x) {
   std::uint32_t u;
   std::memcpy(&u, &x, 4);

@@ -16,16 +16,11 @@
 
 #include <catch2/catch.hpp>
 
-namespace {
+#include "test_helpers.hpp"
 
-template <class T>
-std::vector<T> random_ints(std::size_t n, int lo, int hi, std::uint32_t seed) {
-  std::mt19937 g(seed);
-  std::uniform_int_distribution<int> d(lo, hi);
-  std::vector<T> v(n);
-  for (auto& x : v) x = static_cast<T>(d(g));
-  return v;
-}
+using quant_test::random_ints;
+
+namespace {
 
 template <class T>
 xt::xtensor<T, 2> as_matrix(const std::vector<T>& v, std::size_t r, std::size_t c) {

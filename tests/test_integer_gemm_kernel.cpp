@@ -13,16 +13,11 @@
 
 #include <catch2/catch.hpp>
 
-namespace {
+#include "test_helpers.hpp"
 
-template <class T>
-std::vector<T> random_ints(std::size_t n, int lo, int hi, std::uint32_t seed) {
-  std::mt19937 g(seed);
-  std::uniform_int_distribution<int> d(lo, hi);
-  std::vector<T> v(n);
-  for (auto& x : v) x = static_cast<T>(d(g));
-  return v;
-}
+using quant_test::random_ints;
+
+namespace {
 
 // tile_activations on a row that starts `offset` bytes into a buffer, compared with its
 // definition: x (int8 weights, as int16), x or x - 128 (int4 weights, int8), zeros up to kp,

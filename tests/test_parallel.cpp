@@ -15,20 +15,11 @@
 
 using namespace quant;
 using quant_test::require_bitwise_equal;
+using quant_test::thread_cap;
+using quant_test::with_threads;
 
 namespace {
 
-// Restores the default thread cap when a test leaves (also on a failed REQUIRE).
-struct thread_cap {
-  explicit thread_cap(int n) { set_num_threads(n); }
-  ~thread_cap() { set_num_threads(0); }
-};
-
-template <class F>
-auto with_threads(int n, F&& f) {
-  thread_cap cap(n);
-  return f();
-}
 
 std::vector<float> scales(std::size_t n, float base) {
   std::vector<float> s(n);

@@ -16,18 +16,16 @@
 #include <catch2/catch.hpp>
 #include <xtensor/xtensor.hpp>
 
+#include "test_helpers.hpp"
+
 #if defined(_OPENMP)
 #include <omp.h>
 #endif
 
 using namespace quant;
+using quant_test::thread_cap;
 
 namespace {
-
-struct thread_cap {
-  explicit thread_cap(int n) { set_num_threads(n); }
-  ~thread_cap() { set_num_threads(0); }
-};
 
 constexpr std::size_t pieces = 96;
 const std::size_t large = detail::parallel_min_elements;  // enough work to go parallel

@@ -23,20 +23,12 @@
 
 using namespace quant;
 using quant_test::bits_of;
+using quant_test::thread_cap;
+using quant_test::with_threads;
 using quant_test::require_bitwise_equal;
 
 namespace {
 
-struct thread_cap {
-  explicit thread_cap(int n) { set_num_threads(n); }
-  ~thread_cap() { set_num_threads(0); }
-};
-
-template <class F>
-auto with_threads(int n, F&& f) {
-  thread_cap cap(n);
-  return f();
-}
 
 }  // namespace
 
