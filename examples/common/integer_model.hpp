@@ -611,8 +611,8 @@ inline void run_chunk_integer(const integer_model& im, std::size_t n, chunk_stat
             nrows = n * P;
             cols.resize(nrows * K);
             quant::detail::parallel_for(n, n * P * K, [&](std::size_t s) {
-              quant::kernels::im2col_integer(st.q.data() + s * in_size, cols.data() + s * P * K, g,
-                                             static_cast<std::uint8_t>(op.input.zero_point));
+              quant::kernels::im2col(st.q.data() + s * in_size, cols.data() + s * P * K, g,
+                                     static_cast<std::uint8_t>(op.input.zero_point));
             });
             rows = cols.data();
           }

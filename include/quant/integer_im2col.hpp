@@ -25,17 +25,6 @@
 
 namespace quant {
 
-namespace kernels {
-
-// One image xq [C, H, W] -> cols [OH*OW, C*KH*KW] (row-major), padding with `pad`: the float
-// kernel (im2col.hpp) on integers.
-template <class Int>
-void im2col_integer(const Int* QUANT_RESTRICT x, Int* QUANT_RESTRICT cols, const conv2d_shape& g, Int pad) noexcept {
-  im2col(x, cols, g, pad);
-}
-
-}  // namespace kernels
-
 // xq [N, C, H, W] (uint8 or int8) -> cols [N*OH*OW, C*KH*KW], padded with zero_point.
 // Throws quant::invalid_argument for a bad geometry or a zero point outside Int's range,
 // quant::length_error when xq does not match the geometry.
