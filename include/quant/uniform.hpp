@@ -58,9 +58,6 @@ namespace quant {
 // Lazy functors
 // ====================================================================================
 namespace detail {
-template <class B>
-using enable_float_batch = std::enable_if_t<std::is_same<typename B::value_type, float>::value, int>;
-
 template <class Round>
 constexpr void require_deterministic() {
   static_assert(!Round::is_stochastic,
@@ -79,7 +76,7 @@ struct fake_quantize_functor {
   float operator()(const T& x) const noexcept {
     return apply(static_cast<float>(x));
   }
-  template <class B, detail::enable_float_batch<B> = 0>
+  template <class B, simd::enable_if_pack_of<B, float> = 0>
   B simd_apply(const B& x) const noexcept {
     return apply(x);
   }
