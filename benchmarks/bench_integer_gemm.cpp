@@ -16,12 +16,16 @@
 //   sgemm        : cblas_sgemm, float, Y = X W^T (the float layer)
 //   sgemv        : cblas_sgemv (N = 1 only: what a float engine calls for batch 1)
 //   dnnl_s32     : oneDNN matmul u8 x s8 -> s32, no zero point, no bias, weights reordered
-//                  once outside the timing (its fastest int8 configuration)
+//                  once outside the timing (its fastest int8 configuration). Its counter
+//                  `wrong` is the fraction of outputs that differ from the exact sum: on a
+//                  machine without VNNI oneDNN's int16 pair sums saturate (quant's kernels
+//                  are exact), so x_dnnl compares with a faster, inexact kernel.
 //   weights_read : a read-only pass over the packed weight bytes (argument: bytes, threads),
 //                  the memory floor of a batch-1 GEMV.
 // Outputs are allocated once outside the timed loop. The int8 weights of 4096 x 4096
 // (16 MiB) fit this machine's 32 MiB L3, the float ones (64 MiB) do not.
 #include <quant/integer_gemm.hpp>
+#include <quant/parallel.hpp>
 
 #include <cblas.h>
 
@@ -266,6 +270,18 @@ void dnnl_s32(benchmark::State& state) {
   }
   const double rate = finish(state, a, seconds_since(t0), true);
   record(dnnl_rate(), a, rate);
+  // wrong: the fraction of oneDNN's int32 outputs (first 8 activation rows) that differ from
+  // the exact sum of u8 x s8 products. Without VNNI, oneDNN 2.6 multiplies with vpmaddubsw,
+  // whose int16 pair sums saturate at 32767: on these uniform operands nearly every output
+  // is wrong, so its rows are a speed reference, not an exact int8 GEMM.
+  std::size_t wrong = 0, checked = 0;
+  for (std::size_t n = 0; n < std::min<std::size_t>(a.n, 8); ++n)
+    for (std::size_t o = 0; o < a.out; ++o, ++checked) {
+      std::int64_t exact = 0;
+      for (std::size_t k = 0; k < a.k; ++k) exact += std::int64_t(x[n * a.k + k]) * w[o * a.k + k];
+      wrong += exact != y[n * a.out + o];
+    }
+  state.counters["wrong"] = double(wrong) / double(checked);
   auto it = sgemm_rate().find(a.key());
   if (it != sgemm_rate().end() && it->second > 0) state.counters["x_sgemm"] = rate / it->second;
   set_threads(0);
