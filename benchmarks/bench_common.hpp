@@ -80,9 +80,9 @@ inline void copy_loop(benchmark::State& state) {
 
 // Registers both copy baselines over the given sizes; call once per benchmark file
 // (static registration: `static const bool reg = quant_bench::register_copy_baselines();`).
-// The baselines warm up for 0.2 s: registered first, they run first, and without it the
-// first one measured a core still clocking up (copy_memcpy of 2^16 floats at 0.4 Gelem/s
-// instead of 5.9, which made every ratio to it 14x too high).
+// The baselines warm up for 0.2 s first: without it, copy_memcpy of 2^16 floats measured
+// 0.2-1.4 Gelem/s on this machine (136 us of CPU per 256 KiB copy, the fresh buffers still
+// faulting in) instead of 5.9-9.7, and every ratio to it came out 5-40x too high.
 inline bool register_copy_baselines(void (*sizes)(benchmark::internal::Benchmark*) = standard_sizes) {
   benchmark::RegisterBenchmark("copy_memcpy", copy_memcpy)->Apply(sizes)->UseRealTime()->MinWarmUpTime(0.2);
   benchmark::RegisterBenchmark("copy_loop", copy_loop)->Apply(sizes)->UseRealTime()->MinWarmUpTime(0.2);
