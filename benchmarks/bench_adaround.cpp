@@ -226,7 +226,8 @@ void fused_pass(benchmark::State& state) {
 }  // namespace
 
 // (quant threads, BLAS threads): one core for everything; quant's pass on two cores with
-// BLAS on one; both on two cores (then OpenMP's and OpenBLAS's idle workers spin against
+// BLAS on one; both on two cores; 0, 0 = the defaults, what a user gets without setting
+// anything (the library's beside-BLAS cap decides) (then OpenMP's and OpenBLAS's idle workers spin against
 // each other unless OMP_WAIT_POLICY=passive: see the README's speed notes).
 BENCHMARK(iteration_vs_gemms)
     ->ArgNames({"n", "quant_threads", "blas_threads", "pass"})
@@ -237,6 +238,7 @@ BENCHMARK(iteration_vs_gemms)
     ->Args({n_weights, 2, 1, 1})
     ->Args({n_weights, 1, 2, 0})
     ->Args({n_weights, 2, 2, 0})
+    ->Args({n_weights, 0, 0, 0})  // the defaults: nothing set (quant and OpenBLAS choose)
     ->Iterations(300)
     ->UseManualTime()
     ->Unit(benchmark::kMillisecond);

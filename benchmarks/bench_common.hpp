@@ -90,14 +90,18 @@ inline bool register_copy_baselines(void (*sizes)(benchmark::internal::Benchmark
 }
 
 // quant's threads from state.range(1), OpenBLAS's from state.range(2), for one benchmark;
-// both restored afterwards. `ok` is false (and the run skipped) if the BLAS is not
-// OpenBLAS and another BLAS thread count than 1 is asked for.
+// both restored afterwards. 0 leaves a library at its default (quant: OpenMP's default;
+// OpenBLAS: what it chose at start-up): the configuration a user gets without setting
+// anything. `ok` is false (and the run skipped) if the BLAS is not OpenBLAS and another BLAS
+// thread count than 1 (or 0) is asked for.
 struct threads_for_run {
   bool ok = true;
   int blas_before = 1;
   explicit threads_for_run(benchmark::State& state) {
     const int blas = static_cast<int>(state.range(2));
-    if (!(openblas_set_num_threads && openblas_get_num_threads)) {
+    if (blas == 0) {
+      blas_before = openblas_get_num_threads ? openblas_get_num_threads() : 1;
+    } else if (!(openblas_set_num_threads && openblas_get_num_threads)) {
       ok = blas == 1;
       if (!ok) state.SkipWithError("setting the BLAS thread count needs OpenBLAS");
     } else {
