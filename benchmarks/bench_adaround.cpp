@@ -227,8 +227,8 @@ void fused_pass(benchmark::State& state) {
 
 // (quant threads, BLAS threads): one core for everything; quant's pass on two cores with
 // BLAS on one; both on two cores; 0, 0 = the defaults, what a user gets without setting
-// anything (the library's beside-BLAS cap decides) (then OpenMP's and OpenBLAS's idle workers spin against
-// each other unless OMP_WAIT_POLICY=passive: see the README's speed notes).
+// anything. With both on two cores, quant's loops run on one thread while OpenMP's idle
+// workers would spin beside OpenBLAS's (detail::beside_blas; docs/threading.md).
 BENCHMARK(iteration_vs_gemms)
     ->ArgNames({"n", "quant_threads", "blas_threads", "pass"})
     ->Args({n_weights, 1, 1, 0})
