@@ -151,7 +151,7 @@ void rounding_quality(benchmark::State& state) {
     t0 = std::chrono::steady_clock::now();
     const auto ada = quant::adaround_layer(d.w, x, qp, opt);
     const double t_ada = seconds_of(t0);
-    opt.initial_v = quant::adaround_init_from_integers(d.w, gq.integer_weights, qp);
+    opt.initial_v = quant::eager::adaround_init_from_integers(d.w, gq.integer_weights, qp);
     const auto both = quant::adaround_layer(d.w, x, qp, opt);
     state.counters["gptq"] = output_error(d.w, gq.weights, held_out) / rtn;
     state.counters["adaround"] = output_error(d.w, ada.weights, held_out) / rtn;

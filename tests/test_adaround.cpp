@@ -122,13 +122,13 @@ TEST_CASE("h, h', soft weight and regularizer gradients match central difference
 TEST_CASE("adaround_init makes the soft weight start at W; hard rounding follows the sign of V", "[adaround]") {
   const auto w = normal_matrix(8, 37, 11, 0.3f);
   const qparams p = calibrate_minmax(w, grid::int_signed(4), scheme::symmetric, 0);
-  const auto v = adaround_init(w, p);
+  const auto v = eager::adaround_init(w, p);
   xt::xtensor<float, 2> ws = soft_weight(w, v, p);
   for (std::size_t o = 0; o < 8; ++o)
     for (std::size_t i = 0; i < 37; ++i)  // W itself, clipped to the grid's range
       CHECK(ws(o, i) == Approx(std::min(std::max(w(o, i), -8 * p.scale(o)), 7 * p.scale(o))).margin(2e-6));
   // hard rounding at init = rounding to nearest (ties up) on the grid
-  const auto q = adaround_integer_weights(w, v, p);
+  const auto q = eager::adaround_integer_weights(w, v, p);
   const auto q_rtn = eager::quantize<std::int32_t>(w, p);
   std::size_t diff = 0;
   for (std::size_t i = 0; i < w.size(); ++i) diff += q.data()[i] != q_rtn.data()[i];
@@ -136,7 +136,38 @@ TEST_CASE("adaround_init makes the soft weight start at W; hard rounding follows
   xt::xtensor<float, 2> hw = hard_weight(w, v, p);
   for (std::size_t o = 0; o < 8; ++o)
     for (std::size_t i = 0; i < 37; ++i) CHECK(hw(o, i) == p.scale(o) * static_cast<float>(q(o, i)));
-  CHECK(adaround_regularizer(v, 2.0f) == Approx(xt::sum(adaround_regularizer_terms(v, 2.0f))()).epsilon(1e-5));
+  CHECK(eager::adaround_regularizer(v, 2.0f) == Approx(xt::sum(adaround_regularizer_terms(v, 2.0f))()).epsilon(1e-5));
+}
+
+TEST_CASE("the eager entry points live in quant::eager; the earlier quant:: names forward to them", "[adaround]") {
+  const auto w = normal_matrix(6, 19, 12, 0.3f);
+  const qparams p = calibrate_minmax(w, grid::int_signed(3), scheme::symmetric, 0);
+  const xt::xtensor<float, 2> v = eager::adaround_init(w, p);
+  const xt::xtensor<std::int32_t, 2> q = eager::adaround_integer_weights(w, v, p);
+  const xt::xtensor<float, 2> vq = eager::adaround_init_from_integers(w, q, p);
+  const xt::xtensor<float, 2> vq2 = eager::adaround_init_from_integers(w, q, p, 0.2f);
+  const double reg = eager::adaround_regularizer(v, 3.0f);
+  SECTION("with quant::eager visible, the unqualified names are the eager ones (not ambiguous)") {
+    using namespace quant::eager;
+    CHECK((adaround_init(w, p) == v));
+    CHECK((adaround_integer_weights(w, v, p) == q));
+    CHECK((adaround_init_from_integers(w, q, p) == vq));
+    CHECK(adaround_regularizer(v, 3.0f) == reg);
+  }
+  SECTION("the deprecated quant:: names give the same results") {
+#if defined(__GNUC__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+#endif
+    CHECK((quant::adaround_init(w, p) == v));
+    CHECK((quant::adaround_integer_weights(w, v, p) == q));
+    CHECK((quant::adaround_init_from_integers(w, q, p) == vq));
+    CHECK((quant::adaround_init_from_integers(w, q, p, 0.2f) == vq2));
+    CHECK(quant::adaround_regularizer(v, 3.0f) == reg);
+#if defined(__GNUC__)
+#pragma GCC diagnostic pop
+#endif
+  }
 }
 
 TEST_CASE("the fused pass equals the primitives composed: gradient, Adam, next soft weight", "[adaround]") {
@@ -148,7 +179,7 @@ TEST_CASE("the fused pass equals the primitives composed: gradient, Adam, next s
                            qparams::per_group(grid::int_signed(4), std::vector<float>(out * 7, 0.1f),
                                               std::vector<std::int32_t>(out * 7, 0), 1, 11),
                            calibrate_minmax(w, grid::int_signed(4), scheme::symmetric, 1)}) {
-    auto v = adaround_init(w, p);
+    auto v = eager::adaround_init(w, p);
     for (auto& x : v) x += 0.3f;
     const auto plan = detail::make_segment_plan(w.shape(), p, "test");
     const xt::xtensor<float, 2> base = floor_base(w, plan);
@@ -162,7 +193,7 @@ TEST_CASE("the fused pass equals the primitives composed: gradient, Adam, next s
       const float dsoft = (q >= qmin && q <= qmax) ? s * rectified_sigmoid_grad_functor{}(vi) : 0.0f;
       grad_want.data()[i] = dsoft * g.data()[i] + lambda * adaround_regularizer_grad_functor{beta}(vi);
     });
-    const double reg_want = adaround_regularizer(v, beta);
+    const double reg_want = eager::adaround_regularizer(v, beta);
     adam ref_opt(w.size(), adam_options{1e-2f});
     xt::xtensor<float, 2> v_want = v;
     ref_opt.step(v_want, grad_want);
@@ -229,7 +260,7 @@ TEST_CASE("the fused pass keeps sigmoid(V) across steps exactly: same as recompu
   const auto plan = detail::make_segment_plan(w.shape(), p, "test");
   const float qmin = float(p.qmin()), qmax = float(p.qmax());
   const xt::xtensor<float, 2> base = floor_base(w, plan);
-  xt::xtensor<float, 2> v0 = adaround_init(w, p);
+  xt::xtensor<float, 2> v0 = eager::adaround_init(w, p);
   for (std::size_t i = 0; i < v0.size(); ++i) {
     const std::size_t run = (i / 40) % 4;
     if (run == 1) v0.data()[i] = 2.401f + 0.001f * static_cast<float>(i % 7);  // will cross back inside
@@ -612,7 +643,7 @@ TEST_CASE("the layer loss gradient dL/dV with bias, ReLU, X_hat and the regulari
   opt.lambda = 0.01f;
   opt.beta_start = opt.beta_end = 3.0f;
   opt.act = activation::relu;
-  opt.initial_v = adaround_init(w, p) + 0.6f * normal_matrix(out, in, 74);
+  opt.initial_v = eager::adaround_init(w, p) + 0.6f * normal_matrix(out, in, 74);
   const xt::xtensor<float, 2> v0 = opt.initial_v;
   adaround_optimizer ada(w, x, p, opt, &x_hat, &bias);
   ada.step();

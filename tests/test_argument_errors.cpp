@@ -28,29 +28,29 @@ TEST_CASE("AdaRound entry points reject bad weights, shapes and parameters", "[a
   auto bad_W = W;
   bad_W(2, 3) = std::nanf("");
   SECTION("adaround_init") {
-    CHECK_NOTHROW(adaround_init(W, per_row));
-    CHECK_THROWS_AS(adaround_init(bad_W, p), quant::domain_error);
-    CHECK_THROWS_WITH(adaround_init(bad_W, p), Contains("quant::adaround_init: W = nan") && Contains("element 15"));
-    CHECK_THROWS_AS(adaround_init(W, three_rows), quant::length_error);
-    CHECK_THROWS_WITH(adaround_init(W, three_rows), Contains("adaround_init"));
+    CHECK_NOTHROW(eager::adaround_init(W, per_row));
+    CHECK_THROWS_AS(eager::adaround_init(bad_W, p), quant::domain_error);
+    CHECK_THROWS_WITH(eager::adaround_init(bad_W, p), Contains("quant::adaround_init: W = nan") && Contains("element 15"));
+    CHECK_THROWS_AS(eager::adaround_init(W, three_rows), quant::length_error);
+    CHECK_THROWS_WITH(eager::adaround_init(W, three_rows), Contains("adaround_init"));
   }
   SECTION("adaround_init_from_integers") {
     const xt::xtensor<std::int32_t, 2> q = xt::zeros<std::int32_t>({4, 6});
     const xt::xtensor<std::int32_t, 2> q_t = xt::zeros<std::int32_t>({6, 4});
-    CHECK_NOTHROW(adaround_init_from_integers(W, q, p));
-    CHECK_THROWS_AS(adaround_init_from_integers(W, q_t, p), quant::length_error);
-    CHECK_THROWS_WITH(adaround_init_from_integers(W, q_t, p), Contains("q.shape() = [6, 4]"));
-    CHECK_THROWS_WITH(adaround_init_from_integers(W, q, p, 0.5f), Contains("margin = 0.5"));
-    CHECK_THROWS_AS(adaround_init_from_integers(W, q, p, 0.0f), quant::invalid_argument);
+    CHECK_NOTHROW(eager::adaround_init_from_integers(W, q, p));
+    CHECK_THROWS_AS(eager::adaround_init_from_integers(W, q_t, p), quant::length_error);
+    CHECK_THROWS_WITH(eager::adaround_init_from_integers(W, q_t, p), Contains("q.shape() = [6, 4]"));
+    CHECK_THROWS_WITH(eager::adaround_init_from_integers(W, q, p, 0.5f), Contains("margin = 0.5"));
+    CHECK_THROWS_AS(eager::adaround_init_from_integers(W, q, p, 0.0f), quant::invalid_argument);
   }
   SECTION("adaround_integer_weights") {
-    const auto V = adaround_init(W, p);
+    const auto V = eager::adaround_init(W, p);
     const xt::xtensor<float, 2> V_t = xt::zeros<float>({6, 4});
-    CHECK_NOTHROW(adaround_integer_weights(W, V, p));
-    CHECK_THROWS_AS(adaround_integer_weights(W, V_t, p), quant::length_error);
-    CHECK_THROWS_WITH(adaround_integer_weights(W, V_t, p),
+    CHECK_NOTHROW(eager::adaround_integer_weights(W, V, p));
+    CHECK_THROWS_AS(eager::adaround_integer_weights(W, V_t, p), quant::length_error);
+    CHECK_THROWS_WITH(eager::adaround_integer_weights(W, V_t, p),
                       Contains("quant::adaround_integer_weights: V.shape() = [6, 4]") && Contains("[4, 6]"));
-    CHECK_THROWS_AS(adaround_integer_weights(W, V, three_rows), quant::length_error);
+    CHECK_THROWS_AS(eager::adaround_integer_weights(W, V, three_rows), quant::length_error);
   }
   SECTION("adaround_variables") {
     CHECK_NOTHROW(adaround_variables(W, p));

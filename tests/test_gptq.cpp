@@ -596,11 +596,11 @@ TEST_CASE("adaround_init_from_integers: AdaRound starts from GPTQ's rounding", "
   const qparams qp = calibrate_mse(w, g, scheme::symmetric, 0);
   const auto r = gptq_layer(w, x, qp);
   const float margin = 0.2f;
-  const xt::xtensor<float, 2> v = adaround_init_from_integers(w, r.integer_weights, qp, margin);
-  const xt::xtensor<float, 2> v0 = adaround_init(w, qp);
+  const xt::xtensor<float, 2> v = eager::adaround_init_from_integers(w, r.integer_weights, qp, margin);
+  const xt::xtensor<float, 2> v0 = eager::adaround_init(w, qp);
 
   SECTION("hard rounding reproduces every reachable integer; h starts at margin or 1 - margin") {
-    const auto hard = adaround_integer_weights(w, v, qp);
+    const auto hard = eager::adaround_integer_weights(w, v, qp);
     std::size_t reachable = 0, unreachable = 0;
     for (std::size_t o = 0; o < out; ++o)
       for (std::size_t i = 0; i < in; ++i) {
@@ -637,8 +637,8 @@ TEST_CASE("adaround_init_from_integers: AdaRound starts from GPTQ's rounding", "
     opt.initial_v = v;
     opt.initial_v(0, 0) = std::nanf("");
     REQUIRE_THROWS_AS(adaround_optimizer(w, x, qp, opt), quant::domain_error);
-    REQUIRE_THROWS_AS(adaround_init_from_integers(w, r.integer_weights, qp, 0.5f), quant::invalid_argument);
-    REQUIRE_THROWS_AS(adaround_init_from_integers(w, xt::xtensor<std::int32_t, 2>::from_shape({out, 2}), qp),
+    REQUIRE_THROWS_AS(eager::adaround_init_from_integers(w, r.integer_weights, qp, 0.5f), quant::invalid_argument);
+    REQUIRE_THROWS_AS(eager::adaround_init_from_integers(w, xt::xtensor<std::int32_t, 2>::from_shape({out, 2}), qp),
                       quant::length_error);
   }
 }

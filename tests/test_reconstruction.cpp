@@ -384,7 +384,7 @@ TEST_CASE("block gradients match central differences of the loss: V of every lay
   std::vector<xt::xtensor<float, 2>> v0;
   std::vector<std::vector<double>> w_soft(2);
   for (std::size_t l = 0; l < 2; ++l) {
-    v0.push_back(adaround_init(c.layers[l].weight, c.layers[l].weight_qparams));  // the V of the first iteration
+    v0.push_back(eager::adaround_init(c.layers[l].weight, c.layers[l].weight_qparams));  // the V of the first iteration
     for (std::size_t k = 0; k < v0[l].size(); ++k) w_soft[l].push_back(soft_weight_at(c.layers[l], k, v0[l].data()[k]));
   }
   const double s0 = c.layers[0].input_quantizer->scale[0], s1 = c.layers[1].input_quantizer->scale[0];

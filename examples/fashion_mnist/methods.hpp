@@ -268,7 +268,7 @@ inline result_row run_gptq(const model_context& c, int wbits, int abits, std::si
       o.batch_size = batch_rows(L.spec);
       o.seed = c.seed + l;
       o.act = L.spec.relu ? quant::activation::relu : quant::activation::identity;
-      o.initial_v = quant::adaround_init_from_integers(L.W, r.integer_weights, r.qparams);
+      o.initial_v = quant::eager::adaround_init_from_integers(L.W, r.integer_weights, r.qparams);
       o.progress = printer("gptq+adaround " + c.fp32.name + wa_label("", wbits, abits) + " layer " + std::to_string(l));
       const quant::adaround_result a =
           quant::adaround_layer(L.W, gemm_input(L.spec, fp_inputs[l]), r.qparams, o, &X_hat, &L.b);

@@ -9,8 +9,8 @@
 //   result        q = clamp(floor(W/s) + 1[V >= 0] + z, qmin, qmax)
 //
 // This header includes the whole family; each part can be included alone:
-//   adaround/rounding.hpp          h, soft / hard weights, the regularizer, adaround_init (lazy
-//                                  and eager primitives)
+//   adaround/rounding.hpp          h, soft / hard weights, the regularizer (lazy primitives);
+//                                  eager::adaround_init and the other eager entry points
 //   adaround/fused_step.hpp        kernels::adaround_fused_step: one iteration's pass over V
 //   adaround/variables.hpp         adaround_variables: V, Adam state and soft weight of one
 //                                  tensor (with the two above: the BLAS-free core)

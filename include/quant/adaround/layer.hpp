@@ -64,7 +64,7 @@ struct adaround_options : adaround_schedule {
   activation act = activation::identity;  // f_a, the activation after the layer
   std::function<void(const adaround_progress&)> progress;  // called after every iteration (optional)
   // Starting V, shaped like W (empty: AdaRound's init h(V) = W/s - floor(W/s)); e.g.
-  // adaround_init_from_integers(W, gptq.integer_weights, qparams) to refine GPTQ's rounding.
+  // eager::adaround_init_from_integers(W, gptq.integer_weights, qparams) to refine GPTQ's rounding.
   xt::xtensor<float, 2> initial_v;
 
   // Throws quant::invalid_argument naming `function` and the field.

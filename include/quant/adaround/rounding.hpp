@@ -17,8 +17,9 @@
 // Lazy primitives (xtensor expressions, float or double, vectorized under
 // XTENSOR_USE_XSIMD): rectified_sigmoid, rectified_sigmoid_grad, soft_weight,
 // soft_weight_grad, hard_weight, adaround_regularizer_terms, adaround_regularizer_grad.
-// Eager (contiguous float, any granularity incl. per-group): adaround_init,
-// adaround_init_from_integers, adaround_integer_weights, adaround_regularizer.
+// Eager (namespace eager, like every eager entry point; any xtensor expression, any
+// granularity incl. per-group): eager::adaround_init, eager::adaround_init_from_integers,
+// eager::adaround_integer_weights, eager::adaround_regularizer.
 // Numerics: every operation is the IEEE one except exp and log (simd/exp_log.hpp: SIMD
 // and scalar agree to a few ulp, not bit for bit); |t|^e is exp(e log|t|) with 0^e = 0.
 #pragma once
@@ -293,6 +294,10 @@ void for_each_param(const segment_plan& plan, std::size_t begin, std::size_t end
 }
 }  // namespace detail
 
+// ====================================================================================
+// Eager entry points over xtensor expressions
+// ====================================================================================
+namespace eager {
 
 // V such that h(V) = W/s - floor(W/s) (AdaRound's init: the soft weight starts at W).
 // Returns a container shaped like W. Throws on non-finite W or qparams that do not fit W.
@@ -332,7 +337,7 @@ auto adaround_init_from_integers(const xt::xexpression<EW>& w, const xt::xexpres
   if (!std::equal(in.shape().begin(), in.shape().end(), qe.shape().begin(), qe.shape().end()))
     detail::fail<length_error>(fn, "q.shape()", detail::shape_string(qe.shape()),
                                "must equal W.shape() = " + detail::shape_string(in.shape()));
-  auto v = adaround_init(w, p);
+  auto v = eager::adaround_init(w, p);
   const auto plan = detail::make_segment_plan(in.shape(), p, fn);
   const float qmin = static_cast<float>(p.qmin()), qmax = static_cast<float>(p.qmax());
   const float up = -std::log((adaround_zeta - adaround_gamma) / (1.0f - margin - adaround_gamma) - 1.0f);
@@ -383,6 +388,38 @@ double adaround_regularizer(const xt::xexpression<E>& v, float beta) {
         return acc;
       },
       [](double a, double b) { return a + b; });
+}
+
+}  // namespace eager
+
+// Earlier names of the eager entry points (they were in quant:: itself), deprecated. The
+// unused trailing pack makes each less specialized than its eager:: namesake, so a call
+// that sees both (using namespace quant::eager, plus quant:: by argument-dependent lookup)
+// takes the eager:: one instead of being ambiguous.
+template <class E, class... None>
+[[deprecated("use quant::eager::adaround_init")]] auto adaround_init(const xt::xexpression<E>& w, const qparams& p,
+                                                                      None...) {
+  return eager::adaround_init(w, p);
+}
+template <class EW, class EQ, class... None>
+[[deprecated("use quant::eager::adaround_init_from_integers")]] auto adaround_init_from_integers(
+    const xt::xexpression<EW>& w, const xt::xexpression<EQ>& q, const qparams& p, None...) {
+  return eager::adaround_init_from_integers(w, q, p);
+}
+template <class EW, class EQ, class... None>
+[[deprecated("use quant::eager::adaround_init_from_integers")]] auto adaround_init_from_integers(
+    const xt::xexpression<EW>& w, const xt::xexpression<EQ>& q, const qparams& p, float margin, None...) {
+  return eager::adaround_init_from_integers(w, q, p, margin);
+}
+template <class EW, class EV, class... None>
+[[deprecated("use quant::eager::adaround_integer_weights")]] auto adaround_integer_weights(
+    const xt::xexpression<EW>& w, const xt::xexpression<EV>& v, const qparams& p, None...) {
+  return eager::adaround_integer_weights(w, v, p);
+}
+template <class E, class... None>
+[[deprecated("use quant::eager::adaround_regularizer")]] double adaround_regularizer(const xt::xexpression<E>& v,
+                                                                                    float beta, None...) {
+  return eager::adaround_regularizer(v, beta);
 }
 
 }  // namespace quant

@@ -49,7 +49,7 @@ class adaround_variables {
     plan_ = detail::make_segment_plan(W.shape(), qp_, function);
     qmin_ = static_cast<float>(qp_.qmin());
     qmax_ = static_cast<float>(qp_.qmax());
-    v_ = adaround_init(W, qp_);
+    v_ = eager::adaround_init(W, qp_);
     base_ = xt::xtensor<float, 2>::from_shape(W.shape());
     detail::for_each_param(plan_, 0, plan_.n, [&](std::size_t i, float, float inv_s, float z) {
       base_.data()[i] = std::floor(W.data()[i] * inv_s) + z;
@@ -64,7 +64,7 @@ class adaround_variables {
   std::size_t size() const noexcept { return w_.size(); }
   const xt::xtensor<float, 2>& weight() const noexcept { return w_; }  // the full-precision W
 
-  // Replaces V (e.g. by adaround_init_from_integers) and recomputes the soft weight; call
+  // Replaces V (e.g. by eager::adaround_init_from_integers) and recomputes the soft weight; call
   // it before the first step() (Adam's state is not reset). Throws quant::length_error for
   // a shape other than W's, quant::domain_error for non-finite V.
   void set_v(const xt::xtensor<float, 2>& v, const char* function = "adaround_variables::set_v") {
@@ -98,7 +98,7 @@ class adaround_variables {
   }
 
   // clamp(floor(W/s) + 1[V >= 0] + z, qmin, qmax)
-  xt::xtensor<std::int32_t, 2> integer_weights() const { return adaround_integer_weights(w_, v_, qp_); }
+  xt::xtensor<std::int32_t, 2> integer_weights() const { return eager::adaround_integer_weights(w_, v_, qp_); }
   // s (q - z) for the integers q above.
   xt::xtensor<float, 2> hard_weights() const {
     const auto q = integer_weights();
