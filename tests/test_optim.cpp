@@ -1,7 +1,11 @@
 #include <quant/optim.hpp>
 #include <quant/reference/optim.hpp>
 
+#include <algorithm>
 #include <cmath>
+#include <limits>
+#include <sstream>
+#include <type_traits>
 #include <vector>
 
 #include "test_helpers.hpp"
@@ -179,4 +183,122 @@ TEST_CASE("Optimizer options are validated", "[optim]") {
   CHECK_THROWS_AS(a.step(p, g), quant::length_error);
   CHECK_THROWS_AS(a.set_learning_rate(-1.0f), quant::invalid_argument);
   CHECK_THROWS_WITH(adam(4, adam_options{0.0f}), Catch::Contains("quant::adam: learning_rate = 0"));
+}
+
+namespace {
+
+// The optimizers' state after a step that threw must be the state before it, bit for bit.
+struct optim_state {
+  std::vector<float> p, m, v;
+  std::size_t steps;
+};
+
+template <class Optimizer>
+optim_state state_of(const Optimizer& opt, const float* p, std::size_t n) {
+  optim_state s{std::vector<float>(p, p + n), {}, {}, opt.steps()};
+  if constexpr (std::is_same<Optimizer, adam>::value) {
+    s.m.assign(opt.first_moment(), opt.first_moment() + n);
+    s.v.assign(opt.second_moment(), opt.second_moment() + n);
+  }
+  return s;
+}
+
+void require_same_state(const optim_state& a, const optim_state& b, std::size_t n) {
+  CHECK(a.steps == b.steps);
+  require_bitwise_equal(a.p, b.p, n, "parameters");
+  require_bitwise_equal(a.m, b.m, a.m.size(), "first moment");
+  require_bitwise_equal(a.v, b.v, a.v.size(), "second moment");
+}
+
+// One optimizer (of `make()`) takes a finite step, then a step whose gradient holds `bad`
+// at each index of `at` (it must throw naming the lowest one and change nothing), then a
+// finite step; a twin that never saw the bad step must end bit for bit where it does.
+template <class Make>
+void check_rejects_gradient(Make make, const char* function, std::size_t n, const std::vector<std::size_t>& at,
+                            float bad, int threads) {
+  quant_test::thread_cap cap(threads);
+  auto pbuf = quant_test::normal_floats(n + 32, 7), gbuf = quant_test::normal_floats(n + 32, 8, 0.5f);
+  float* p = quant_test::at_misalignment(pbuf, 1);  // misaligned by 4 bytes
+  const float* g = quant_test::at_misalignment(gbuf, 3);
+  std::vector<float> twin_p(p, p + n);
+  auto opt = make(n), twin = make(n);
+  opt.step(p, g);
+  twin.step(twin_p.data(), g);
+  const optim_state before = state_of(opt, p, n);
+
+  std::vector<float> gb(g, g + n);
+  for (std::size_t i : at) gb[i] = bad;
+  const std::size_t first = *std::min_element(at.begin(), at.end());
+  std::ostringstream want;
+  want << "quant::" << function << ": grads[" << first << "] = " << bad << ": must be finite";
+  INFO("n = " << n << ", bad = " << bad << ", threads = " << threads << ", first bad index " << first);
+  const float* bad_g = gb.data();
+  CHECK_THROWS_AS(opt.step(p, bad_g), quant::domain_error);
+  CHECK_THROWS_WITH(opt.step(p, bad_g), want.str());
+  require_same_state(state_of(opt, p, n), before, n);
+
+  opt.step(p, g);
+  twin.step(twin_p.data(), g);
+  require_same_state(state_of(opt, p, n), state_of(twin, twin_p.data(), n), n);
+}
+
+}  // namespace
+
+TEST_CASE("Optimizers refuse a NaN or infinite gradient and leave their state unchanged", "[optim]") {
+  constexpr std::size_t L = simd::lanes<float, simd::default_arch>;
+  const std::size_t piece = detail::optim_piece;
+  auto make_adam = [](std::size_t n) {
+    adam_options o;
+    o.learning_rate = 0.01f;
+    o.weight_decay = 0.1f;
+    return adam(n, o);
+  };
+  auto make_sgd = [](std::size_t n) { return sgd(n, sgd_options{0.1f}); };
+  auto make_sgd_momentum = [](std::size_t n) { return sgd(n, sgd_options{0.1f, 0.9f, 0.0f, true, 0.01f}); };
+  // One piece (serial): an index inside the vector body, the last element of the scalar
+  // tail (n = 1003 leaves one for every pack width), the first element.
+  const std::size_t small = 1003;
+  REQUIRE(small % L != 0);
+  // Several pieces at 2 threads: an index in piece 5, one in the last piece's tail, and two
+  // bad values of which the lower must be named whichever thread finds its piece first.
+  const std::size_t large = 8 * piece + 13;
+  const std::vector<std::vector<std::size_t>> small_at = {{2 * L + 1}, {small - 1}, {0}};
+  const std::vector<std::vector<std::size_t>> large_at = {
+      {5 * piece + 3}, {large - 1}, {6 * piece + 9, 2 * piece + 17}, {7 * piece, large - 2}};
+  for (float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity(),
+                    -std::numeric_limits<float>::infinity()}) {
+    for (const auto& at : small_at) {
+      check_rejects_gradient(make_adam, "adam::step", small, at, bad, 1);
+      check_rejects_gradient(make_sgd, "sgd::step", small, at, bad, 1);
+      check_rejects_gradient(make_sgd_momentum, "sgd::step", small, at, bad, 1);
+    }
+    quant_test::require_two_threads();
+    for (const auto& at : large_at) {
+      check_rejects_gradient(make_adam, "adam::step", large, at, bad, 2);
+      check_rejects_gradient(make_sgd, "sgd::step", large, at, bad, 2);
+      check_rejects_gradient(make_sgd_momentum, "sgd::step", large, at, bad, 2);
+    }
+  }
+}
+
+TEST_CASE("first_not_finite: SIMD and scalar find the same first index at any position", "[optim]") {
+  const std::size_t piece = detail::optim_piece;
+  for (std::size_t n : {std::size_t(0), std::size_t(1), std::size_t(17), std::size_t(1003), 3 * piece + 5}) {
+    auto buf = quant_test::normal_floats(n + 32, 11, 1e30f);  // large finite values: x * 0 stays 0
+    float* x = quant_test::at_misalignment(buf, 5);
+    CHECK(detail::first_not_finite<simd::default_arch>(x, n) == n);
+    CHECK(detail::first_not_finite<simd::scalar>(x, n) == n);
+    for (std::size_t i = 0; i < n; i += 1 + i / 3) {
+      const float keep = x[i];
+      for (float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity(),
+                        -std::numeric_limits<float>::infinity()}) {
+        x[i] = bad;
+        INFO("n = " << n << ", i = " << i << ", x[i] = " << bad);
+        CHECK(detail::first_not_finite<simd::scalar>(x, n) == i);
+        CHECK(quant_test::with_threads(1, [&] { return detail::first_not_finite<simd::default_arch>(x, n); }) == i);
+        CHECK(quant_test::with_threads(2, [&] { return detail::first_not_finite<simd::default_arch>(x, n); }) == i);
+      }
+      x[i] = keep;
+    }
+  }
 }

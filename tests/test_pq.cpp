@@ -1,7 +1,11 @@
 #include <quant/pq.hpp>
 
+#include <algorithm>
 #include <cmath>
+#include <limits>
 #include <random>
+#include <sstream>
+#include <string>
 
 #include <xtensor/xadapt.hpp>
 #include <xtensor/xtensor.hpp>
@@ -289,4 +293,59 @@ TEST_CASE("PQ errors", "[pq]") {
   CHECK_THROWS_AS(pq_encode(normal_matrix(8, 10, 1), res.codebook), quant::invalid_argument);
   xt::xtensor<float, 1> v = {1.0f, 2.0f};
   CHECK_THROWS_AS(pq_quantize_layer(v, 1, 1, 1), quant::invalid_argument);
+}
+
+TEST_CASE("iPQ refuses a NaN or infinite gradient and leaves codebooks and weights unchanged", "[pq]") {
+  // W [50, 16], d = 4: 200 subvectors; the check runs in the gradient's row-major order and
+  // names the flat index of the first non-finite element.
+  const std::size_t d = 4, K = 8;
+  const auto w = normal_matrix(50, 16, 12);
+  const auto g = normal_matrix(50, 16, 13);
+  const auto res = pq_quantize_layer(w, d, K, 5);
+  for (float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity(),
+                    -std::numeric_limits<float>::infinity()}) {
+    // first element, inside a row, last element, and two bad values (the lower one named)
+    for (const std::vector<std::size_t>& at : std::vector<std::vector<std::size_t>>{
+             {0}, {16 * 7 + 9}, {50 * 16 - 1}, {16 * 40 + 2, 16 * 3 + 5}}) {
+      auto gb = g;
+      for (std::size_t i : at) gb.data()[i] = bad;
+      const std::size_t first = *std::min_element(at.begin(), at.end());
+      std::ostringstream value;
+      value << bad;
+      const std::string named = "grad[" + std::to_string(first) + "] = " + value.str() + ": must be finite";
+      INFO(named);
+      CHECK_THROWS_AS(ipq_centroid_gradients(res.codebook, res.indices, gb), quant::domain_error);
+      CHECK_THROWS_WITH(ipq_centroid_gradients(res.codebook, res.indices, gb), "quant::ipq_centroid_gradients: " + named);
+      auto cb = res.codebook;
+      CHECK_THROWS_WITH(ipq_update_centroids(cb, res.indices, gb, 0.1f), "quant::ipq_update_centroids: " + named);
+      CHECK(bool(cb.centroids == res.codebook.centroids));
+    }
+  }
+  SECTION("stage-wise: a bad gradient of any layer leaves every layer as it was") {
+    xt::xtensor<float, 2> w0 = normal_matrix(64, 32, 1), w1 = normal_matrix(32, 16, 2);
+    ipq_stagewise<> model;
+    pq_options opt;
+    opt.k = 16;
+    opt.d = 8;
+    model.add_layer("fc0", w0, opt, 0);
+    model.add_layer("fc1", w1, opt, 0);
+    model.quantize_stage(0);
+    const auto c0 = model.at(0).codebook.centroids, c1 = model.at(1).codebook.centroids;
+    const auto w0_before = w0, w1_before = w1;
+    const auto g0 = normal_matrix(64, 32, 3);
+    auto g1 = normal_matrix(32, 16, 4);
+    g1(31, 15) = std::numeric_limits<float>::infinity();  // the last element of layer 1
+    CHECK_THROWS_WITH(model.finetune_step({&g0, &g1}, 0.05f),
+                      "quant::ipq_stagewise::finetune_step: grads[1][511] = inf: must be finite");
+    CHECK(bool(model.at(0).codebook.centroids == c0));  // layer 0 comes first and was not moved
+    CHECK(bool(model.at(1).codebook.centroids == c1));
+    CHECK(bool(w0 == w0_before));
+    CHECK(bool(w1 == w1_before));
+    CHECK_THROWS_WITH(model.finetune_step({&g0, &g1}, std::nanf("")),
+                      "quant::ipq_stagewise::finetune_step: lr = nan: must be finite");
+    g1(31, 15) = 0.0f;
+    CHECK(model.finetune_step({&g0, &g1}, 0.05f) == 2);  // finite: both layers move
+    CHECK(bool(model.at(0).codebook.centroids != c0));
+    CHECK(bool(w0 == pq_decode(model.at(0).codebook, model.at(0).indices)));
+  }
 }

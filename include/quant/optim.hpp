@@ -31,11 +31,18 @@
 // Updates are elementwise and exact IEEE operations (+, *, /, sqrt, fma), so SIMD, scalar
 // and the quant::ref loops agree bit for bit, for any thread count (on archs with FMA
 // instructions; xsimd falls back to a * b + c on SIMD archs without them).
+// Gradients must be finite: `step` throws quant::domain_error
+// ("quant::adam::step: grads[i] = nan: must be finite", i the lowest offending index)
+// before it writes anything, so parameters, moments, momentum buffer and step count are
+// exactly as before the call (a caller can skip the step, as loss scaling does). The check
+// is a SIMD pass over the gradient ahead of the update, in the same fixed pieces; the
+// kernels:: functions and adam_step::apply do not check.
 // `cosine_decay` is the closed form of PyTorch's CosineAnnealingLR (BRECQ's step-size
 // schedule for LSQ activation quantizers).
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstddef>
 #include <string>
@@ -127,6 +134,58 @@ namespace detail {
 // Elements per thread piece of the optimizer passes (fixed: results never depend on threads).
 constexpr std::size_t optim_piece = std::size_t(1) << 14;
 
+// True when a lane of v is NaN.
+QUANT_ALWAYS_INLINE bool any_nan(float v) noexcept { return v != v; }
+template <class A>
+QUANT_ALWAYS_INLINE bool any_nan(const xsimd::batch<float, A>& v) noexcept {
+  return xsimd::any(xsimd::isnan(v));
+}
+// Accumulates flags that are +-0 or NaN: NaN in either gives NaN. Packs use a bitwise OR
+// (one cycle of latency per pack where an add takes three or four), one float an add.
+QUANT_ALWAYS_INLINE float merge_nan(float a, float b) noexcept { return a + b; }
+template <class A>
+QUANT_ALWAYS_INLINE xsimd::batch<float, A> merge_nan(const xsimd::batch<float, A>& a,
+                                                     const xsimd::batch<float, A>& b) noexcept {
+  return a | b;
+}
+
+// Index of the first NaN or +-inf in x[0, n), or n when every element is finite. One pass
+// in the optimizers' fixed pieces: x * 0 is +-0 for finite x and NaN otherwise, so merging
+// x * 0 over a piece flags it; only a flagged piece is rescanned (scalar) for its first
+// offending index, and the lowest one is returned for any thread count.
+template <class Arch>
+std::size_t first_not_finite(const float* x, std::size_t n) {
+  const std::size_t pieces = (n + optim_piece - 1) / optim_piece;
+  std::atomic<std::size_t> first{n};
+  parallel_for(pieces, n, [&](std::size_t k) {
+    using P = simd::pack<float, Arch>;
+    constexpr std::size_t L = simd::lanes<float, Arch>;
+    const std::size_t b = k * optim_piece;
+    const std::size_t e = b + optim_piece < n ? b + optim_piece : n;
+    P acc(0.0f);
+    float tail = 0.0f;
+    std::size_t i = b;
+    for (; i + L <= e; i += L) acc = merge_nan(acc, simd::load<Arch>(x + i) * P(0.0f));
+    for (; i < e; ++i) tail = tail + x[i] * 0.0f;
+    if (!any_nan(acc) && !any_nan(tail)) return;
+    std::size_t j = b;
+    while (std::isfinite(x[j])) ++j;
+    std::size_t seen = first.load(std::memory_order_relaxed);
+    while (j < seen && !first.compare_exchange_weak(seen, j, std::memory_order_relaxed)) {
+    }
+  });
+  return first.load(std::memory_order_relaxed);
+}
+
+// Throws quant::domain_error "quant::<function>: <argument>[i] = <x[i]>: must be finite" at
+// the first non-finite element of x[0, n).
+inline void require_finite_gradient(const float* x, std::size_t n, const char* function, const char* argument) {
+  const std::size_t i = first_not_finite<simd::default_arch>(x, n);
+  if (i != n)
+    fail<domain_error>(function, (std::string(argument) + "[" + std::to_string(i) + "]").c_str(), x[i],
+                       "must be finite");
+}
+
 template <class P>
 struct pack_tag {
   using type = P;
@@ -188,8 +247,10 @@ class adam {
   // that call adam_step::apply themselves on first_moment()/second_moment().
   adam_step next_step() noexcept { return adam_step::make(options_, ++t_); }
 
-  // One step over all parameters: params[i] updated from grads[i].
-  void step(float* params, const float* grads) noexcept {
+  // One step over all parameters: params[i] updated from grads[i]. Throws
+  // quant::domain_error for a non-finite gradient, before anything is written.
+  void step(float* params, const float* grads) {
+    detail::require_finite_gradient(grads, m_.size(), "adam::step", "grads");
     const adam_step c = next_step();
     kernels::adam_update<>(params, grads, m_.data(), v_.data(), m_.size(), c);
   }
@@ -277,7 +338,9 @@ class sgd {
       detail::fail<invalid_argument>("sgd::set_learning_rate", "lr", lr, "must be finite and >= 0");
     options_.learning_rate = lr;
   }
-  void step(float* params, const float* grads) noexcept {
+  // Throws quant::domain_error for a non-finite gradient, before anything is written.
+  void step(float* params, const float* grads) {
+    detail::require_finite_gradient(grads, n_, "sgd::step", "grads");
     kernels::sgd_update<>(params, grads, buf_.data(), n_, options_, t_ == 0);
     ++t_;
   }

@@ -374,16 +374,18 @@ pq_layer_result pq_quantize_layer(const xt::xexpression<E>& w, std::size_t d, st
 
 // Average gradient of the subvectors assigned to each centroid, [S, K, d] (zero for
 // centroids with no subvector). grad has W's shape (or any shape of out * in elements
-// with out = indices.shape()[0]).
+// with out = indices.shape()[0]). A NaN or +-inf in grad throws quant::domain_error
+// naming grad[i] (i its flat row-major index, the first one found).
+namespace detail {
+// ipq_centroid_gradients for the entry point `fn`, whose gradient argument is named `arg`.
 template <class E>
 xt::xtensor<float, 3> ipq_centroid_gradients(const pq_codebook& cb, const xt::xtensor<std::uint32_t, 2>& idx,
-                                             const xt::xexpression<E>& grad) {
-  const char* fn = "ipq_centroid_gradients";
+                                             const xt::xexpression<E>& grad, const char* fn, const std::string& arg) {
   const auto g = detail::as_contiguous(grad);
   const std::size_t rows = idx.shape()[0], per_row = idx.shape()[1], d = cb.d;
   detail::check_codebook(cb, per_row * d, fn);
   if (g.size() != rows * per_row * d)
-    detail::fail<length_error>(fn, "grad", detail::shape_string(g.shape()),
+    detail::fail<length_error>(fn, arg.c_str(), detail::shape_string(g.shape()),
                                "must have the " + std::to_string(rows * per_row * d) + " elements of the layer");
   const std::size_t S = cb.subspaces(), K = cb.k;
   std::vector<double> sum(S * K * d, 0.0);
@@ -396,7 +398,17 @@ xt::xtensor<float, 3> ipq_centroid_gradients(const pq_codebook& cb, const xt::xt
       const std::size_t slot = (shared ? 0 : s) * K + q;
       ++cnt[slot];
       const float* gs = g.data() + r * per_row * d + s * d;
-      for (std::size_t j = 0; j < d; ++j) sum[slot * d + j] += static_cast<double>(gs[j]);
+      bool finite = true;
+      for (std::size_t j = 0; j < d; ++j) {
+        finite &= std::isfinite(gs[j]);
+        sum[slot * d + j] += static_cast<double>(gs[j]);
+      }
+      if (!finite) {
+        const std::size_t i0 = r * per_row * d + s * d;
+        std::size_t j = 0;
+        while (std::isfinite(gs[j])) ++j;
+        detail::fail<domain_error>(fn, (arg + "[" + std::to_string(i0 + j) + "]").c_str(), gs[j], "must be finite");
+      }
     }
   xt::xtensor<float, 3> out = xt::xtensor<float, 3>::from_shape({S, K, d});
   for (std::size_t slot = 0; slot < S * K; ++slot)
@@ -404,13 +416,21 @@ xt::xtensor<float, 3> ipq_centroid_gradients(const pq_codebook& cb, const xt::xt
       out.data()[slot * d + j] = cnt[slot] ? static_cast<float>(sum[slot * d + j] / static_cast<double>(cnt[slot])) : 0.0f;
   return out;
 }
+}  // namespace detail
 
-// One SGD step of iPQ fine-tuning: c <- c - lr * average gradient.
+template <class E>
+xt::xtensor<float, 3> ipq_centroid_gradients(const pq_codebook& cb, const xt::xtensor<std::uint32_t, 2>& idx,
+                                             const xt::xexpression<E>& grad) {
+  return detail::ipq_centroid_gradients(cb, idx, grad, "ipq_centroid_gradients", "grad");
+}
+
+// One SGD step of iPQ fine-tuning: c <- c - lr * average gradient. Throws before the
+// codebook is touched (non-finite lr or grad, bad indices): the codebook is then unchanged.
 template <class E>
 void ipq_update_centroids(pq_codebook& cb, const xt::xtensor<std::uint32_t, 2>& idx, const xt::xexpression<E>& grad,
                           float lr) {
   if (!std::isfinite(lr)) detail::fail<invalid_argument>("ipq_update_centroids", "lr", lr, "must be finite");
-  const xt::xtensor<float, 3> g = ipq_centroid_gradients(cb, idx, grad);
+  const xt::xtensor<float, 3> g = detail::ipq_centroid_gradients(cb, idx, grad, "ipq_update_centroids", "grad");
   for (std::size_t i = 0; i < g.size(); ++i) cb.centroids.data()[i] -= lr * g.data()[i];
 }
 
@@ -470,16 +490,26 @@ class ipq_stagewise {
   }
 
   // grads[i] = dL/dW of layer i (nullptr to skip). Quantized layers: centroid step and
-  // re-decode; returns how many layers were updated.
+  // re-decode; returns how many layers were updated. Every gradient is checked before any
+  // layer moves: on an exception (e.g. quant::domain_error naming grads[i][j] for a NaN or
+  // inf) no codebook and no weight has changed.
   std::size_t finetune_step(const std::vector<const W*>& grads, float lr) {
+    const char* fn = "ipq_stagewise::finetune_step";
     if (grads.size() != layers_.size())
-      detail::fail<length_error>("ipq_stagewise::finetune_step", "grads.size()", grads.size(),
+      detail::fail<length_error>(fn, "grads.size()", grads.size(),
                                  "must equal the layer count " + std::to_string(layers_.size()));
+    if (!std::isfinite(lr)) detail::fail<invalid_argument>(fn, "lr", lr, "must be finite");
+    std::vector<xt::xtensor<float, 3>> steps(layers_.size());
+    for (std::size_t i = 0; i < layers_.size(); ++i)
+      if (layers_[i].quantized && grads[i] != nullptr)
+        steps[i] = detail::ipq_centroid_gradients(layers_[i].codebook, layers_[i].indices, *grads[i], fn,
+                                                  "grads[" + std::to_string(i) + "]");
     std::size_t updated = 0;
     for (std::size_t i = 0; i < layers_.size(); ++i) {
       layer& l = layers_[i];
       if (!l.quantized || grads[i] == nullptr) continue;
-      ipq_update_centroids(l.codebook, l.indices, *grads[i], lr);
+      const xt::xtensor<float, 3>& g = steps[i];
+      for (std::size_t j = 0; j < g.size(); ++j) l.codebook.centroids.data()[j] -= lr * g.data()[j];
       const xt::xtensor<float, 2> dec = pq_decode(l.codebook, l.indices);
       std::copy(dec.begin(), dec.end(), l.weight->begin());
       ++updated;
