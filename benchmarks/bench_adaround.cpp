@@ -19,6 +19,7 @@
 // n = out * in (weights) is the item count for all of them, so the ratio table's "copy"
 // columns compare against moving the weights once.
 #include <quant/adaround.hpp>
+#include <quant/parallel.hpp>
 
 #include <xtensor-blas/xlinalg.hpp>
 
@@ -97,7 +98,7 @@ struct gemms_alone {
 void traffic_only_pass(const float* base, const float* grad, float* V, float* sig, float* m, float* v, float* w_soft,
                        std::size_t n) {
   constexpr std::size_t piece = std::size_t(1) << 14;
-  quant::detail::parallel_for((n + piece - 1) / piece, n, [&](std::size_t t) {
+  quant::parallel_for((n + piece - 1) / piece, n, [&](std::size_t t) {
     const std::size_t end = std::min(n, (t + 1) * piece);
     for (std::size_t i = t * piece; i < end; ++i) {
       const float g = grad[i], mm = m[i] + g, vv = v[i] + g * g, s = sig[i] + base[i];

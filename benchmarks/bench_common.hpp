@@ -10,7 +10,7 @@
 
 #include <benchmark/benchmark.h>
 
-#include <quant/detail/parallel.hpp>
+#include <quant/parallel.hpp>
 
 #include <xtensor/xtensor.hpp>
 

@@ -13,7 +13,7 @@
 
 #include <catch2/catch.hpp>
 
-#include <quant/detail/parallel.hpp>
+#include <quant/parallel.hpp>
 
 namespace quant_test {
 
@@ -66,7 +66,7 @@ inline void require_two_threads() {
   quant::set_num_threads(2);
   const int cap = quant::num_threads();
   std::vector<int> team(8, 0);
-  quant::detail::parallel_for(team.size(), quant::detail::parallel_min_elements,
+  quant::parallel_for(team.size(), quant::parallel_min_elements,
                               [&](std::size_t k) { team[k] = omp_get_num_threads(); });
   quant::set_num_threads(0);
   INFO("quant::num_threads() after set_num_threads(2): " << cap);

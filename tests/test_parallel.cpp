@@ -1,10 +1,15 @@
-// Threads never change results: eager fake-quant and quantize give the same bits with 1
-// and 2 threads (and without a cap), per tensor, per channel and per group, at sizes above
-// the parallel threshold, including lengths that are not a multiple of the chunk size.
-#include <quant/detail/parallel.hpp>
+// quant::parallel_for's contract (every piece once; serial and in order below the
+// threshold), the thread knob, and: threads never change results: eager fake-quant and
+// quantize give the same bits with 1 and 2 threads (and without a cap), per tensor, per
+// channel and per group, at sizes above the parallel threshold, including lengths that are
+// not a multiple of the chunk size.
+#include <quant/parallel.hpp>  // first: the public header compiles on its own
+
+#include <quant/detail/parallel.hpp>  // beside_blas, parallel_reduce
 #include <quant/reference/uniform.hpp>
 #include <quant/uniform.hpp>
 
+#include <atomic>
 #include <cstdlib>
 #include <string>
 #include <thread>
@@ -61,6 +66,41 @@ TEST_CASE("the thread cap is one knob", "[parallel]") {
   CHECK(num_threads() >= 1);
 }
 
+TEST_CASE("parallel_for calls every piece exactly once", "[parallel]") {
+  for (int threads : {1, 2}) {
+    DYNAMIC_SECTION(threads << " thread(s)") {
+      thread_cap cap(threads);
+      SECTION("no pieces: f is never called") {
+        int calls = 0;
+        parallel_for(0, parallel_min_elements, [&](std::size_t) { ++calls; });
+        CHECK(calls == 0);
+      }
+      SECTION("enough work to go parallel: each of 1000 pieces once") {
+        std::vector<std::atomic<int>> runs(1000);
+        for (auto& r : runs) r = 0;
+        parallel_for(runs.size(), parallel_min_elements, [&](std::size_t t) { ++runs[t]; });
+        for (std::size_t t = 0; t < runs.size(); ++t) {
+          INFO("piece " << t);
+          REQUIRE(runs[t] == 1);
+        }
+      }
+      SECTION("below parallel_min_elements: serially, in order 0, 1, ..., on the calling thread") {
+        std::vector<std::size_t> order;
+        const auto caller = std::this_thread::get_id();
+        bool same_thread = true;
+        parallel_for(100, parallel_min_elements - 1, [&](std::size_t t) {
+          order.push_back(t);  // unsynchronized on purpose: a second thread would be a race
+          same_thread = same_thread && std::this_thread::get_id() == caller;
+        });
+        std::vector<std::size_t> want(100);
+        for (std::size_t t = 0; t < want.size(); ++t) want[t] = t;
+        CHECK(order == want);
+        CHECK(same_thread);
+      }
+    }
+  }
+}
+
 TEST_CASE("parallel_reduce combines fixed pieces in order for any thread count", "[parallel]") {
   const std::size_t n = (std::size_t(1) << 17) + 77;
   const auto x = quant_test::normal_floats(n, 3);
@@ -87,9 +127,9 @@ TEST_CASE("parallel_reduce combines fixed pieces in order for any thread count",
 }
 
 TEST_CASE("eager fake-quant is bit-identical for 1 and 2 threads", "[parallel][uniform]") {
-  // rows * cols is above detail::parallel_min_elements and not a multiple of the chunk.
+  // rows * cols is above parallel_min_elements and not a multiple of the chunk.
   const std::size_t rows = 48, cols = 2064;
-  REQUIRE(rows * cols > detail::parallel_min_elements);
+  REQUIRE(rows * cols > parallel_min_elements);
   REQUIRE(rows * cols % detail::chunk_elements != 0);
   const auto x = quant_test::normal_floats(rows * cols, 11, 3.0f);
   const xt::xtensor<float, 2> xa = xt::adapt(x, std::array<std::size_t, 2>{rows, cols});
@@ -110,7 +150,7 @@ TEST_CASE("eager fake-quant is bit-identical for 1 and 2 threads", "[parallel][u
 
 TEST_CASE("eager quantize is bit-identical for 1 and 2 threads", "[parallel][uniform]") {
   const std::size_t rows = 40, cols = 4112;
-  REQUIRE(rows * cols > detail::parallel_min_elements);
+  REQUIRE(rows * cols > parallel_min_elements);
   const auto x = quant_test::normal_floats(rows * cols, 12, 3.0f);
   const xt::xtensor<float, 2> xa = xt::adapt(x, std::array<std::size_t, 2>{rows, cols});
   for (const auto& [name, p] : layouts(rows, cols)) {
@@ -202,13 +242,13 @@ TEST_CASE("an OpenMP build runs the pieces in a team of two; a build without Ope
 #if defined(_OPENMP)
   thread_cap cap(2);
   std::vector<int> team(64, 0);
-  detail::parallel_for(team.size(), detail::parallel_min_elements, [&](std::size_t k) { team[k] = omp_get_num_threads(); });
+  parallel_for(team.size(), parallel_min_elements, [&](std::size_t k) { team[k] = omp_get_num_threads(); });
   for (std::size_t k = 0; k < team.size(); ++k) {
     INFO("piece " << k);
     CHECK(team[k] == 2);
   }
   set_num_threads(1);
-  detail::parallel_for(team.size(), detail::parallel_min_elements, [&](std::size_t k) { team[k] = omp_get_num_threads(); });
+  parallel_for(team.size(), parallel_min_elements, [&](std::size_t k) { team[k] = omp_get_num_threads(); });
   CHECK(team[0] == 1);
 #else
   WARN("built without OpenMP (QUANT_OPENMP=OFF): the 1-vs-2-thread tests run serially and cannot catch threading bugs");

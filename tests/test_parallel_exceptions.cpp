@@ -1,11 +1,12 @@
-// Failure inside a threaded loop: an exception thrown by a piece of detail::parallel_for or
+// Failure inside a threaded loop: an exception thrown by a piece of quant::parallel_for or
 // detail::parallel_reduce (validation failing in one piece, an allocation failing in a
 // worker) reaches the caller with its own type and message, for 1 and 2 threads, and it is
 // the exception the serial loop would throw (the lowest failing piece). Without the
 // capture in parallel.hpp an exception leaving an OpenMP region calls std::terminate.
 // The ASan build of this file checks that nothing leaks on these paths.
-#include <quant/detail/parallel.hpp>
+#include <quant/detail/parallel.hpp>  // parallel_reduce
 #include <quant/error.hpp>
+#include <quant/parallel.hpp>
 #include <quant/uniform.hpp>
 
 #include <atomic>
@@ -28,7 +29,7 @@ using quant_test::thread_cap;
 namespace {
 
 constexpr std::size_t pieces = 96;
-const std::size_t large = detail::parallel_min_elements;  // enough work to go parallel
+const std::size_t large = parallel_min_elements;  // enough work to go parallel
 
 // The message detail::fail builds for piece k (written out, not taken from the library).
 std::string message_of_piece(std::size_t k) {
@@ -60,7 +61,7 @@ TEST_CASE("an exception thrown in a parallel piece reaches the caller with its t
       SECTION("as quant::domain_error, the lowest failing piece's, after every piece below it ran once") {
         bool caught = false;
         try {
-          detail::parallel_for(pieces, large, body);
+          parallel_for(pieces, large, body);
         } catch (const domain_error& e) {
           caught = true;
           CHECK(std::string(e.what()) == message_of_piece(23));
@@ -77,37 +78,37 @@ TEST_CASE("an exception thrown in a parallel piece reaches the caller with its t
       }
 
       SECTION("catchable as quant::error and as the standard exception") {
-        CHECK_THROWS_AS(detail::parallel_for(pieces, large, body), quant::error);
-        CHECK_THROWS_AS(detail::parallel_for(pieces, large, body), std::domain_error);
+        CHECK_THROWS_AS(parallel_for(pieces, large, body), quant::error);
+        CHECK_THROWS_AS(parallel_for(pieces, large, body), std::domain_error);
       }
 
       SECTION("quant::invalid_argument and quant::length_error keep their types") {
-        CHECK_THROWS_AS(detail::parallel_for(pieces, large,
-                                             [](std::size_t k) {
-                                               if (k == 50) detail::fail<invalid_argument>("f", "bits", 1, "x");
-                                             }),
+        CHECK_THROWS_AS(parallel_for(pieces, large,
+                                     [](std::size_t k) {
+                                       if (k == 50) detail::fail<invalid_argument>("f", "bits", 1, "x");
+                                     }),
                         invalid_argument);
-        CHECK_THROWS_AS(detail::parallel_for(pieces, large,
-                                             [](std::size_t k) {
-                                               if (k % 7 == 3) detail::fail<length_error>("f", "shape", k, "x");
-                                             }),
+        CHECK_THROWS_AS(parallel_for(pieces, large,
+                                     [](std::size_t k) {
+                                       if (k % 7 == 3) detail::fail<length_error>("f", "shape", k, "x");
+                                     }),
                         length_error);
       }
 
       SECTION("an allocation failure in a piece arrives as std::bad_alloc") {
-        CHECK_THROWS_AS(detail::parallel_for(pieces, large,
-                                             [](std::size_t k) {
-                                               if (k == pieces - 1) throw std::bad_alloc();
-                                             }),
+        CHECK_THROWS_AS(parallel_for(pieces, large,
+                                     [](std::size_t k) {
+                                       if (k == pieces - 1) throw std::bad_alloc();
+                                     }),
                         std::bad_alloc);
       }
 
       SECTION("when every piece throws, piece 0's exception arrives") {
-        CHECK_THROWS_WITH(detail::parallel_for(pieces, large,
-                                               [](std::size_t k) {
-                                                 detail::fail<domain_error>("test_kernel", "piece", k,
-                                                                            "fails on purpose");
-                                               }),
+        CHECK_THROWS_WITH(parallel_for(pieces, large,
+                                       [](std::size_t k) {
+                                         detail::fail<domain_error>("test_kernel", "piece", k,
+                                                                    "fails on purpose");
+                                       }),
                           message_of_piece(0));
       }
 
@@ -122,9 +123,9 @@ TEST_CASE("an exception thrown in a parallel piece reaches the caller with its t
       }
 
       SECTION("the next parallel loop after a failure runs every piece") {
-        CHECK_THROWS_AS(detail::parallel_for(pieces, large, body), domain_error);
+        CHECK_THROWS_AS(parallel_for(pieces, large, body), domain_error);
         std::vector<int> after(pieces, 0);
-        detail::parallel_for(pieces, large, [&](std::size_t k) { after[k] += 1; });
+        parallel_for(pieces, large, [&](std::size_t k) { after[k] += 1; });
         for (std::size_t k = 0; k < pieces; ++k) CHECK(after[k] == 1);
         // and a real kernel still gives its result (NaN rejected after its threaded pass)
         xt::xtensor<float, 1> x = xt::zeros<float>({std::size_t(1) << 18});

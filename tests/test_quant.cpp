@@ -11,4 +11,10 @@ TEST_CASE("umbrella header exposes the library", "[quant]") {
   CHECK(y(1) == -0.5f);
   CHECK(y(2) == 63.5f);
   CHECK(quant::version.major == QUANT_VERSION_MAJOR);
+  quant::set_num_threads(1);
+  CHECK(quant::num_threads() == 1);
+  quant::set_num_threads(0);
+  int pieces = 0;
+  quant::parallel_for(3, 0, [&](std::size_t t) { pieces += static_cast<int>(t) + 1; });
+  CHECK(pieces == 6);
 }

@@ -1,11 +1,11 @@
 // Thread independence of the kernels that split their work into pieces: each is run on
-// sizes that give it several pieces (and above detail::parallel_min_elements), once with
+// sizes that give it several pieces (and above parallel_min_elements), once with
 // 1 thread and once with 2, and the outputs must agree bit for bit and with a serial
 // expectation computed here. Before comparing, each test checks that "2 threads" really
 // is a team of two: in a build that asks for OpenMP (QUANT_OPENMP, which defines
 // QUANT_TEST_EXPECT_OPENMP) a missing OpenMP fails the test; a build configured without
 // OpenMP has no threads to test and says so with a WARN in the output.
-#include <quant/detail/parallel.hpp>
+#include <quant/parallel.hpp>
 #include <quant/im2col.hpp>
 #include <quant/kmeans.hpp>
 #include <quant/kurtosis.hpp>
@@ -172,7 +172,7 @@ TEST_CASE("im2col over a batch: one image per piece, 1 and 2 threads, equal to t
   const auto xv = quant_test::normal_floats(batch * g.image_size(), 406);
   const xt::xtensor<float, 4> x = xt::adapt(xv, std::array<std::size_t, 4>{batch, g.channels, g.height, g.width});
   const std::size_t oh = g.out_h(), ow = g.out_w(), k = g.patch_size();
-  REQUIRE(batch * oh * ow * k > detail::parallel_min_elements);
+  REQUIRE(batch * oh * ow * k > parallel_min_elements);
   auto run = [&] { return im2col(x, g); };
   const auto c1 = with_threads(1, run), c2 = with_threads(2, run);
   require_bitwise_equal(c2, c1, c1.size(), "2 threads vs 1");

@@ -66,7 +66,7 @@
 #include <vector>
 
 #include <nlohmann/json.hpp>
-#include <quant/detail/parallel.hpp>
+#include <quant/parallel.hpp>
 #include <quant/export.hpp>
 #include <quant/im2col.hpp>
 #include <quant/integer_gemm.hpp>
@@ -597,7 +597,7 @@ inline void run_chunk_integer(const integer_model& im, std::size_t n, chunk_stat
         st.acc.resize(n * acc_size);  // int32 NCHW (unless fused)
         if (op.kind == integer_op_kind::depthwise_conv2d) {
           if (fused) st.qn.resize(n * out_size);
-          quant::detail::parallel_for(n, n * acc_size * op.kernel_h * op.kernel_w, [&](std::size_t s) {
+          quant::parallel_for(n, n * acc_size * op.kernel_h * op.kernel_w, [&](std::size_t s) {
             std::int32_t* a = st.acc.data() + s * acc_size;
             depthwise_conv_integer(st.q.data() + s * in_size, a, op);
             if (fused) quant::requantize_channel_major(a, out, P, op.rq, st.qn.data() + s * out_size);
@@ -610,7 +610,7 @@ inline void run_chunk_integer(const integer_model& im, std::size_t n, chunk_stat
             const quant::conv2d_shape g = conv_geometry(op, op.in_shape[0]);
             nrows = n * P;
             cols.resize(nrows * K);
-            quant::detail::parallel_for(n, n * P * K, [&](std::size_t s) {
+            quant::parallel_for(n, n * P * K, [&](std::size_t s) {
               quant::kernels::im2col(st.q.data() + s * in_size, cols.data() + s * P * K, g,
                                      static_cast<std::uint8_t>(op.input.zero_point));
             });
@@ -625,14 +625,14 @@ inline void run_chunk_integer(const integer_model& im, std::size_t n, chunk_stat
               std::vector<std::uint8_t> nhwc(nrows * out);
               quant::integer_gemm(rows, nrows, K, op.input.zero_point, op.packed, op.bias.data(), op.rq, nhwc.data(),
                                   out);
-              quant::detail::parallel_for(n, n * out_size, [&](std::size_t s) {
+              quant::parallel_for(n, n * out_size, [&](std::size_t s) {
                 rows_to_planes(nhwc.data() + s * P * out, st.qn.data() + s * out_size, P, out);
               });
             }
           } else {
             std::vector<std::int32_t> nhwc(nrows * out);
             quant::integer_gemm_s32(rows, nrows, K, op.input.zero_point, op.packed, op.bias.data(), nhwc.data(), out);
-            quant::detail::parallel_for(n, n * acc_size, [&](std::size_t s) {
+            quant::parallel_for(n, n * acc_size, [&](std::size_t s) {
               rows_to_planes(nhwc.data() + s * P * out, st.acc.data() + s * acc_size, P, out);
             });
           }
@@ -646,7 +646,7 @@ inline void run_chunk_integer(const integer_model& im, std::size_t n, chunk_stat
         }
         if (!fused) {  // the accumulator segment, then one requantization of the sums
           st.qn.resize(n * out_size);
-          quant::detail::parallel_for(n, n * acc_size, [&](std::size_t s) {
+          quant::parallel_for(n, n * acc_size, [&](std::size_t s) {
             thread_local std::vector<std::int32_t> a, b;
             a.assign(st.acc.begin() + static_cast<std::ptrdiff_t>(s * acc_size),
                      st.acc.begin() + static_cast<std::ptrdiff_t>((s + 1) * acc_size));
@@ -663,7 +663,7 @@ inline void run_chunk_integer(const integer_model& im, std::size_t n, chunk_stat
       }
       case integer_op_kind::maxpool2d:
         st.qn.resize(n * out_size);
-        quant::detail::parallel_for(n, n * in_size, [&](std::size_t s) {
+        quant::parallel_for(n, n * in_size, [&](std::size_t s) {
           maxpool_sample(st.q.data() + s * in_size, st.qn.data() + s * out_size, op);
         });
         st.q.swap(st.qn);
@@ -834,7 +834,7 @@ inline integer_run_result run_integer_model(const integer_model& im, const xt::x
   };
   // Chunks in parallel (the kernels then run serially inside each; with one chunk they are
   // threaded themselves). Results do not depend on the thread count either way.
-  quant::detail::parallel_for(chunks, std::size_t(1) << 20, chunk);
+  quant::parallel_for(chunks, std::size_t(1) << 20, chunk);
   return r;
 }
 

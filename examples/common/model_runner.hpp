@@ -34,7 +34,7 @@
 #include <string>
 #include <vector>
 
-#include <quant/detail/parallel.hpp>
+#include <quant/parallel.hpp>
 #include <quant/im2col.hpp>
 #include <quant/uniform.hpp>
 #include <xtensor-blas/xblas.hpp>
@@ -386,7 +386,7 @@ inline xt::xarray<float> run_layers(const model& m, const xt::xarray<float>& x, 
   if (opt.on_layer_input) {
     for (std::size_t t = 0; t < chunks; ++t) chunk(t);
   } else {
-    quant::detail::parallel_for(chunks, std::size_t(1) << 20, chunk);
+    quant::parallel_for(chunks, std::size_t(1) << 20, chunk);
   }
   return y;
 }

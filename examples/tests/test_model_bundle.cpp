@@ -13,7 +13,7 @@
 #include <vector>
 
 #include <nlohmann/json.hpp>
-#include <quant/detail/parallel.hpp>
+#include <quant/parallel.hpp>
 
 #include "../common/model_bundle.hpp"
 #include "../common/model_runner.hpp"

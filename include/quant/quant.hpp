@@ -8,6 +8,7 @@
 
 #include "config.hpp"
 #include "error.hpp"
+#include "parallel.hpp"        // set_num_threads, num_threads, parallel_for
 #include "qparams.hpp"
 #include "rounding.hpp"
 #include "uniform.hpp"         // quantize / dequantize / fake_quantize

@@ -12,7 +12,7 @@
 // Exit status: 0, or 1 if any kernel gives different bytes at 1 and 2 threads.
 // Inputs are a few hundred thousand elements: above the threshold where loops go parallel
 // (2^16 elements; 2^18 for requantization), with lengths that leave SIMD tails.
-#include <quant/detail/parallel.hpp>
+#include <quant/parallel.hpp>
 #include <quant/export.hpp>
 #include <quant/im2col.hpp>
 #include <quant/integer_gemm.hpp>

@@ -1,12 +1,11 @@
-// quant/detail/parallel.hpp — the one thread knob and deterministic loops.
+// quant/detail/parallel.hpp — internals of quant's loops: the BLAS-aware thread cap and
+// the deterministic reduction. The public part (set_num_threads, num_threads, parallel_for
+// and its contract) is quant/parallel.hpp.
 //
-// Eager kernels split work into fixed-size pieces whose boundaries depend only on the
-// problem size, never on the thread count. Elementwise work is then trivially identical
-// for any thread count; reductions compute one partial per piece and combine the partials
+// Deterministic reduction: a reduction computes one partial per fixed piece (boundaries
+// depend only on the problem size, never on the thread count) and combines the partials
 // serially in piece order, so sums are bit-identical for 1, 2 or 64 threads.
-// Threads come from OpenMP when the user compiles with it (-fopenmp); otherwise every loop
-// is serial. quant::set_num_threads(n) caps them (0 = OpenMP's default). BLAS is never
-// called inside these loops (OpenBLAS + OpenMP oversubscribe a small machine).
+// BLAS is never called inside quant's parallel loops.
 //
 // Beside a threaded BLAS: algorithms that alternate their own passes with BLAS calls
 // (AdaRound, block reconstruction, k-means on its GEMM path) hold a detail::beside_blas
@@ -18,15 +17,11 @@
 // OpenBLAS, or another BLAS, the scope changes nothing. See docs/threading.md.
 #pragma once
 
-#include <atomic>
 #include <cstddef>
 #include <cstdlib>
-#include <exception>
 #include <vector>
 
-#if defined(_OPENMP)
-#include <omp.h>
-#endif
+#include "../parallel.hpp"
 
 #if defined(__GNUC__) && defined(__ELF__)
 // OpenBLAS's run-time queries, when the program links OpenBLAS (null otherwise).
@@ -35,37 +30,11 @@ extern "C" int openblas_get_parallel(void) __attribute__((weak));
 #endif
 
 namespace quant {
-
 namespace detail {
-inline int& thread_limit() noexcept {
-  static int limit = 0;
-  return limit;
-}
-// Cap set by a beside_blas scope on this thread (0 = none).
-inline int& beside_blas_cap() noexcept {
-  thread_local int cap = 0;
-  return cap;
-}
-// Pieces below this size are not worth a thread.
-constexpr std::size_t parallel_min_elements = std::size_t(1) << 16;
-}  // namespace detail
 
-// Caps the threads of quant's eager kernels (0 = OpenMP default, 1 = serial).
-inline void set_num_threads(int n) noexcept { detail::thread_limit() = n < 0 ? 0 : n; }
-
-// Threads an eager kernel would use now (1 without OpenMP).
-inline int num_threads() noexcept {
-#if defined(_OPENMP)
-  const int limit = detail::thread_limit();
-  const int threads = limit > 0 ? limit : omp_get_max_threads();
-  const int cap = detail::beside_blas_cap();
-  return cap > 0 && cap < threads ? cap : threads;
-#else
-  return 1;
-#endif
-}
-
-namespace detail {
+// The library's own loops call these by their detail:: names.
+using quant::parallel_for;
+using quant::parallel_min_elements;
 
 // True unless the environment libgomp read at start-up makes its idle workers sleep at
 // once: OMP_WAIT_POLICY=passive (any case) or GOMP_SPINCOUNT=0.
@@ -112,43 +81,6 @@ class beside_blas {
  private:
   int saved_;
 };
-
-// Calls f(t) for t in [0, count). Parallel only when total_elements is large enough.
-// An exception thrown by f reaches the caller as the serial loop would throw it: the one
-// of the lowest piece that throws (an exception must not leave an OpenMP region, where it
-// would call std::terminate, so pieces catch it and the loop rethrows it after the join).
-// Pieces above a failed one may be skipped; what they would have written is unspecified.
-template <class F>
-void parallel_for(std::size_t count, std::size_t total_elements, F&& f) {
-#if defined(_OPENMP)
-  const int threads = num_threads();
-  if (threads > 1 && count > 1 && total_elements >= parallel_min_elements) {
-    const long long n = static_cast<long long>(count);
-    std::atomic<std::size_t> first_failed{count};  // lowest piece that threw so far
-    std::exception_ptr error;                       // its exception (written under the lock)
-    // dynamic: a thread that starts late (the machine is busy) takes fewer pieces instead
-    // of holding the others at the barrier; results do not depend on who runs a piece.
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
-    for (long long t = 0; t < n; ++t) {
-      const std::size_t piece = static_cast<std::size_t>(t);
-      if (piece > first_failed.load(std::memory_order_relaxed)) continue;
-      try {
-        f(piece);
-      } catch (...) {
-#pragma omp critical(quant_parallel_for_error)
-        if (piece < first_failed.load(std::memory_order_relaxed)) {
-          first_failed.store(piece, std::memory_order_relaxed);
-          error = std::current_exception();
-        }
-      }
-    }
-    if (error) std::rethrow_exception(error);
-    return;
-  }
-#endif
-  (void)total_elements;
-  for (std::size_t t = 0; t < count; ++t) f(t);
-}
 
 // Deterministic reduction: partial(piece_begin, piece_end) over fixed pieces of
 // `piece` elements, combined left to right with combine(acc, partial).
