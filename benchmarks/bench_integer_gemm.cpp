@@ -13,6 +13,9 @@
 //                  per-channel requantization with ReLU fused, uint8 output
 //   int8_s32     : the same without requantization (int32 output, bias and zero point in)
 //   int4_requant : as int8_requant with packed int4 weights (unpacked in registers)
+//   *_prepared   : the same through an integer_gemm_layer built once outside the timing (an
+//                  engine's operator object: no per-call validation or requantization
+//                  tables), N = 1 only, where that per-call work is visible
 //   sgemm        : cblas_sgemm, float, Y = X W^T (the float layer)
 //   sgemv        : cblas_sgemv (N = 1 only: what a float engine calls for batch 1)
 //   dnnl_s32     : oneDNN matmul u8 x s8 -> s32, no zero point, no bias, weights reordered
@@ -33,6 +36,7 @@
 #include <chrono>
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <random>
 #include <string>
 #include <tuple>
@@ -123,7 +127,7 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 }
 
 // ---- quant --------------------------------------------------------------------------------
-template <int Bits, bool Requant>
+template <int Bits, bool Requant, bool Prepared = false>
 void quant_gemm(benchmark::State& state) {
   const args a(state);
   set_threads(a.threads);
@@ -138,9 +142,13 @@ void quant_gemm(benchmark::State& state) {
                                                 quant::fused_activation::relu);
   std::vector<std::uint8_t> y8(a.n * a.out);
   std::vector<std::int32_t> y32(a.n * a.out);
+  std::optional<quant::integer_gemm_layer<std::uint8_t>> layer;
+  if (Prepared) layer.emplace(pw, 3, bias, rq);
   const auto t0 = std::chrono::steady_clock::now();
   for (auto _ : state) {
-    if constexpr (Requant)
+    if constexpr (Prepared)
+      quant::integer_gemm(x.data(), a.n, a.k, *layer, y8.data(), a.out);
+    else if constexpr (Requant)
       quant::integer_gemm(x.data(), a.n, a.k, 3, pw, bias.data(), rq, y8.data(), a.out);
     else
       quant::integer_gemm_s32(x.data(), a.n, a.k, 3, pw, bias.data(), y32.data(), a.out);
@@ -320,6 +328,8 @@ const bool registered = [] {
   benchmark::RegisterBenchmark("int8_s32", quant_gemm<8, false>)->Apply(shapes)->UseRealTime();
   benchmark::RegisterBenchmark("int8_requant", quant_gemm<8, true>)->Apply(shapes)->UseRealTime();
   benchmark::RegisterBenchmark("int4_requant", quant_gemm<4, true>)->Apply(shapes)->UseRealTime();
+  benchmark::RegisterBenchmark("int8_requant_prepared", quant_gemm<8, true, true>)->Apply(gemv_shapes)->UseRealTime();
+  benchmark::RegisterBenchmark("int4_requant_prepared", quant_gemm<4, true, true>)->Apply(gemv_shapes)->UseRealTime();
   return true;
 }();
 

@@ -309,6 +309,95 @@ TEMPLATE_TEST_CASE("integer_gemm (fused requantization) equals quant::ref requan
   }
 }
 
+TEMPLATE_TEST_CASE("a prepared integer_gemm_layer computes what the unprepared call computes", "[integer_gemm]",
+                   scalar_tag
+#if defined(__AVX2__)
+                   ,
+                   avx2_tag
+#endif
+) {
+  using Arch = typename TestType::arch;
+  const std::size_t out = 37, k = 61;
+  const auto xv = random_ints<std::uint8_t>(9 * k, 0, 255, 21);
+  const auto wv = random_ints<std::int8_t>(out * k, -7, 7, 22);  // fits int4 and int8
+  const auto bv = random_ints<std::int32_t>(out, -5000, 5000, 23);
+  const int zx = 77;
+  std::vector<double> m(out);
+  for (std::size_t o = 0; o < out; ++o) m[o] = 2e-3 * (1.0 + 0.1 * double(o));
+  for (int bits : {8, 4})
+    for (auto rounding : {quant::requantization::fixed_point, quant::requantization::float_scale})
+      for (bool per_channel : {true, false}) {
+        DYNAMIC_SECTION(Arch::name() << " bits " << bits << " " << quant::to_string(rounding)
+                                     << (per_channel ? " per channel" : " per tensor")) {
+          const auto rq = quant::make_requantize_params(per_channel ? m : std::vector<double>{m[3]},
+                                                        quant::grid::int_unsigned(8), 5, rounding,
+                                                        quant::fused_activation::relu);
+          const auto pack = [&] {
+            return bits == 8 ? quant::pack_weights(wv.data(), out, k) : quant::pack_weights_int4(wv.data(), out, k);
+          };
+          const quant::integer_gemm_layer<std::uint8_t> layer(pack(), zx, bv, rq);
+          REQUIRE(layer.weights().bits == bits);
+          REQUIRE(layer.x_zero_point() == zx);
+          const auto acc = quant::ref::integer_gemm_accumulators(xv.data(), 9, k, zx, wv.data(), out, bv.data());
+          // n = 1 (the GEMV), 6 (one full tile) and 9 rows; output rows padded to ldy = out + 3
+          for (std::size_t n : {std::size_t(1), std::size_t(6), std::size_t(9)}) {
+            std::vector<std::uint8_t> y(n * (out + 3), 0xAB);
+            for (int repeat = 0; repeat < 2; ++repeat) {  // the layer is reusable
+              quant::integer_gemm<Arch>(xv.data(), n, k, layer, y.data(), out + 3);
+              for (std::size_t i = 0; i < n; ++i)
+                for (std::size_t o = 0; o < out + 3; ++o) {
+                  INFO("n " << n << " row " << i << " channel " << o);
+                  if (o >= out) {
+                    REQUIRE(int(y[i * (out + 3) + o]) == 0xAB);  // padding untouched
+                    continue;
+                  }
+                  REQUIRE(int(y[i * (out + 3) + o]) == ref_requantize(std::int32_t(acc[i * out + o]), o, rq));
+                }
+            }
+          }
+        }
+      }
+}
+
+TEST_CASE("integer_gemm_layer validates once, naming the argument", "[integer_gemm]") {
+  const auto wv = random_ints<std::int8_t>(5 * 8, -127, 127, 31);
+  const auto rq = quant::make_requantize_params({1e-3}, quant::grid::int_signed(8), 0,
+                                                quant::requantization::fixed_point);
+  using layer_u8 = quant::integer_gemm_layer<std::uint8_t>;
+  SECTION("zero point off the activation grid") {
+    REQUIRE_THROWS_AS(layer_u8(quant::pack_weights(wv.data(), 5, 8), 256, {}, rq), quant::invalid_argument);
+    REQUIRE_THROWS_WITH(layer_u8(quant::pack_weights(wv.data(), 5, 8), -1, {}, rq),
+                        Catch::Contains("integer_gemm_layer") && Catch::Contains("x_zero_point = -1"));
+  }
+  SECTION("bias of the wrong length") {
+    REQUIRE_THROWS_AS(layer_u8(quant::pack_weights(wv.data(), 5, 8), 0, std::vector<std::int32_t>(4), rq),
+                      quant::length_error);
+    REQUIRE_THROWS_WITH(layer_u8(quant::pack_weights(wv.data(), 5, 8), 0, std::vector<std::int32_t>(4), rq),
+                        Catch::Contains("bias.size() = 4"));
+  }
+  SECTION("requantization channels that match neither 1 nor out") {
+    const auto rq3 = quant::make_requantize_params({1e-3, 2e-3, 3e-3}, quant::grid::int_signed(8), 0,
+                                                   quant::requantization::fixed_point);
+    REQUIRE_THROWS_WITH(layer_u8(quant::pack_weights(wv.data(), 5, 8), 0, {}, rq3),
+                        Catch::Contains("rq.channels() = 3"));
+  }
+  SECTION("a bias that breaks the accumulator bound") {
+    std::vector<std::int32_t> huge(5, 0);
+    huge[2] = std::numeric_limits<std::int32_t>::max() - 10;
+    REQUIRE_THROWS_WITH(layer_u8(quant::pack_weights(wv.data(), 5, 8), 0, huge, rq), Catch::Contains("bias[2]"));
+  }
+  SECTION("strides and output range are checked per call") {
+    const layer_u8 layer(quant::pack_weights(wv.data(), 5, 8), 0, {}, rq);
+    const auto x = random_ints<std::uint8_t>(2 * 8, 0, 255, 32);
+    std::vector<std::int8_t> y(2 * 5);
+    REQUIRE_THROWS_WITH(quant::integer_gemm(x.data(), 2, 7, layer, y.data(), 5), Catch::Contains("ldx = 7"));
+    REQUIRE_THROWS_WITH(quant::integer_gemm(x.data(), 2, 8, layer, y.data(), 4), Catch::Contains("ldy = 4"));
+    std::vector<std::uint8_t> yu(2 * 5);  // rq's bounds [-128, 127] do not fit uint8
+    REQUIRE_THROWS_WITH(quant::integer_gemm(x.data(), 2, 8, layer, yu.data(), 5), Catch::Contains("p.lo = -128"));
+    REQUIRE_NOTHROW(quant::integer_gemm(x.data(), 2, 8, layer, y.data(), 5));
+  }
+}
+
 TEST_CASE("integer GEMM results do not depend on the thread count or the path", "[integer_gemm]") {
   const std::size_t n = 150, out = 100, k = 1152;  // parallel (above the threshold), many tasks
   const auto x = as_matrix(random_ints<std::uint8_t>(n * k, 0, 255, 21), n, k);
