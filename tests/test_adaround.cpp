@@ -13,9 +13,12 @@
 #include <xtensor/xarray.hpp>
 #include <xtensor/xmath.hpp>
 
+#include "adaround_test_helpers.hpp"
 #include "test_helpers.hpp"
 
 using namespace quant;
+using quant_test::floor_base;
+using quant_test::fused_pass_dv;
 using quant_test::normal_matrix;
 
 namespace {
@@ -44,14 +47,6 @@ double output_error(const xt::xtensor<float, 2>& w, const xt::xtensor<float, 2>&
   return acc / static_cast<double>(x.shape()[0]);
 }
 
-// floor(W/s) + z, the fused pass's `base`, for W laid out by `plan`.
-xt::xtensor<float, 2> floor_base(const xt::xtensor<float, 2>& w, const detail::segment_plan& plan) {
-  xt::xtensor<float, 2> base = xt::xtensor<float, 2>::from_shape(w.shape());
-  detail::for_each_param(plan, 0, plan.n, [&](std::size_t i, float, float inv_s, float z) {
-    base.data()[i] = std::floor(w.data()[i] * inv_s) + z;
-  });
-  return base;
-}
 }  // namespace
 
 TEST_CASE("h, h', soft weight and regularizer gradients match central differences in double", "[adaround]") {
@@ -447,26 +442,6 @@ struct ref_adam {
   }
 };
 
-// dL/dV as quant's fused pass computes it from dL/dW_soft = grad, decoded from the first
-// moment of one Adam step from zero moments (m = (1 - beta1) dL/dV).
-std::vector<double> fused_pass_dv(const xt::xtensor<float, 2>& w, const xt::xtensor<float, 2>& v, const qparams& p,
-                                  const xt::xtensor<float, 2>& grad, float lambda, float beta) {
-  const auto plan = detail::make_segment_plan(w.shape(), p, "test");
-  const xt::xtensor<float, 2> base = floor_base(w, plan);
-  const float qmin = float(p.qmin()), qmax = float(p.qmax());
-  xt::xtensor<float, 2> vv = v, sig = xt::zeros<float>(w.shape()), ws = sig;
-  std::vector<float> m(w.size(), 0.0f), s2(w.size(), 0.0f);
-  kernels::adaround_step_constants c;
-  c.adam = adam_step::make(adam_options{}, 1);
-  c.lambda = lambda;
-  c.beta = beta;
-  kernels::adaround_soft_weights<>(plan, qmin, qmax, base.data(), vv.data(), sig.data(), ws.data());
-  kernels::adaround_fused_step<>(plan, qmin, qmax, base.data(), grad.data(), vv.data(), sig.data(), m.data(),
-                                 s2.data(), ws.data(), c);
-  std::vector<double> dv(w.size());
-  for (std::size_t i = 0; i < w.size(); ++i) dv[i] = double(m[i]) / double(c.adam.one_minus_beta1);
-  return dv;
-}
 }  // namespace
 
 TEST_CASE("the fused pass's Adam moments after 1, 2 and 3 steps follow Adam's formula on the reference gradient",

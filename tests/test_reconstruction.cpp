@@ -10,9 +10,11 @@
 
 #include <xtensor/xview.hpp>
 
+#include "adaround_test_helpers.hpp"
 #include "test_helpers.hpp"
 
 using namespace quant;
+using quant_test::fused_pass_dv;
 using quant_test::normal_matrix;
 
 namespace {
@@ -316,29 +318,6 @@ double soft_weight_at(const block_layer& L, std::size_t k, double v) {
 bool near_h_kink(double v) {
   const double u = 1.2 / (1.0 + std::exp(-v)) - 0.1;
   return std::fabs(u) < 1e-5 || std::fabs(u - 1.0) < 1e-5;
-}
-
-// dL/dV from dL/dW_soft = grad as adaround_variables::step computes it (the fused pass,
-// lambda = 0), decoded from the first moment of one Adam step from zero moments.
-std::vector<double> fused_pass_dv(const xt::xtensor<float, 2>& w, const xt::xtensor<float, 2>& v, const qparams& p,
-                                  const xt::xtensor<float, 2>& grad) {
-  const auto plan = detail::make_segment_plan(w.shape(), p, "test");
-  xt::xtensor<float, 2> base = xt::xtensor<float, 2>::from_shape(w.shape());
-  detail::for_each_param(plan, 0, plan.n, [&](std::size_t i, float, float inv_s, float z) {
-    base.data()[i] = std::floor(w.data()[i] * inv_s) + z;
-  });
-  const float qmin = float(p.qmin()), qmax = float(p.qmax());
-  xt::xtensor<float, 2> vv = v, sig = xt::zeros<float>(w.shape()), ws = sig;
-  std::vector<float> m(w.size(), 0.0f), s2(w.size(), 0.0f);
-  kernels::adaround_step_constants c;
-  c.adam = adam_step::make(adam_options{}, 1);
-  c.lambda = 0.0f;
-  kernels::adaround_soft_weights<>(plan, qmin, qmax, base.data(), vv.data(), sig.data(), ws.data());
-  kernels::adaround_fused_step<>(plan, qmin, qmax, base.data(), grad.data(), vv.data(), sig.data(), m.data(),
-                                 s2.data(), ws.data(), c);
-  std::vector<double> dv(w.size());
-  for (std::size_t i = 0; i < w.size(); ++i) dv[i] = double(m[i]) / double(c.adam.one_minus_beta1);
-  return dv;
 }
 
 // quant's built-in Linear/Conv2d block (the callbacks reconstruct_block(layers, ...) runs),
