@@ -783,6 +783,46 @@ TEST_CASE("same seed, same result; 1 and 2 threads identical", "[adaround]") {
   CHECK(c.last_progress().reconstruction_loss != a.last_progress().reconstruction_loss);
 }
 
+TEST_CASE("the layer optimizer and the variables take any 2-D xtensor expression", "[adaround]") {
+  // The same values as an xtensor, an xarray, a double xarray (converted to float, exactly:
+  // every value is a float) and a lazy expression give bit-identical results.
+  const auto w = normal_matrix(5, 12, 81, 0.4f);
+  const auto x = normal_matrix(30, 12, 82);
+  const qparams p = calibrate_minmax(w, grid::int_signed(4), scheme::symmetric, 0);
+  adaround_options o;
+  o.iterations = 40;
+  o.batch_size = 8;
+  o.seed = 3;
+  const adaround_result want = adaround_layer(w, x, p, o);
+  const auto same = [&](const adaround_result& r) {
+    CHECK((r.integer_weights == want.integer_weights));
+    CHECK((r.weights == want.weights));
+    CHECK(r.report.adaround_error == want.report.adaround_error);
+    CHECK(r.report.rtn_error == want.report.rtn_error);
+  };
+  SECTION("xarray<float>") { same(adaround_layer(xt::xarray<float>(w), xt::xarray<float>(x), p, o)); }
+  SECTION("xarray<double>") {
+    same(adaround_layer(xt::xarray<double>(xt::cast<double>(w)), xt::xarray<double>(xt::cast<double>(x)), p, o));
+  }
+  SECTION("lazy expressions") { same(adaround_layer(1.0f * w, x + 0.0f, p, o)); }
+  SECTION("adaround_optimizer keeps its own copy of an X that is not an xtensor<float, 2>") {
+    adaround_optimizer a(w, xt::xarray<float>(x), p, o);  // the temporary ends here
+    a.run();
+    same(a.result());
+  }
+  SECTION("adaround_variables and set_v") {
+    const adaround_variables a(w, p), b(xt::xarray<double>(xt::cast<double>(w)), p);
+    CHECK((a.soft_weights() == b.soft_weights()));
+    adaround_variables c(w, p);
+    const xt::xtensor<float, 2> v = eager::adaround_init(w, p) + 0.25f;
+    c.set_v(v);
+    adaround_variables d(w, p);
+    d.set_v(v - 0.0f);
+    CHECK((c.soft_weights() == d.soft_weights()));
+    CHECK((c.v() == v));
+  }
+}
+
 TEST_CASE("bad inputs throw clear quant exceptions", "[adaround]") {
   const auto w = normal_matrix(4, 8, 1);
   const auto x = normal_matrix(20, 8, 2);
@@ -819,6 +859,15 @@ TEST_CASE("bad inputs throw clear quant exceptions", "[adaround]") {
   auto wn = w;
   wn(0, 0) = INFINITY;
   CHECK_THROWS_AS(adaround_layer(wn, x, p, o), quant::domain_error);
+  CHECK_THROWS_WITH(adaround_layer(wn, x, p, o), Catch::Contains("quant::adaround_layer: W = inf"));
+  auto ov = o;
+  ov.initial_v = xt::zeros<float>({4, 9});
+  CHECK_THROWS_WITH(adaround_layer(w, x, p, ov), Catch::Contains("quant::adaround_layer: V.shape() = [4, 9]"));
+  const xt::xarray<float> x3 = xt::zeros<float>({20, 8, 1});
+  CHECK_THROWS_AS(adaround_layer(w, x3, p, o), quant::invalid_argument);
+  CHECK_THROWS_WITH(adaround_layer(w, x3, p, o), Catch::Contains("quant::adaround_layer: X.shape() = [20, 8, 1]"));
+  CHECK_THROWS_WITH(adaround_layer(xt::xarray<float>(xt::zeros<float>({4, 8, 1})), x, p, o),
+                    Catch::Contains("quant::adaround_layer: W.shape() = [4, 8, 1]"));
   xt::xtensor<float, 2> xh = normal_matrix(19, 8, 3);
   CHECK_THROWS_AS(adaround_layer(w, x, p, o, &xh), quant::length_error);
   xt::xtensor<float, 1> b3 = xt::zeros<float>({3});

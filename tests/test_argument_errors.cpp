@@ -59,8 +59,13 @@ TEST_CASE("AdaRound entry points reject bad weights, shapes and parameters", "[a
     CHECK_THROWS_AS(adaround_variables(W, three_rows), quant::length_error);
     CHECK_THROWS_AS(adaround_variables(W, p, -1.0f), quant::invalid_argument);
     CHECK_THROWS_WITH(adaround_variables(W, p, -1.0f), Contains("learning_rate = -1"));
+    CHECK_THROWS_AS(adaround_variables(xt::xarray<float>(xt::zeros<float>({4, 6, 1})), p), quant::invalid_argument);
+    CHECK_THROWS_WITH(adaround_variables(xt::xarray<float>(xt::zeros<float>({4, 6, 1})), p),
+                      Contains("quant::adaround_variables: W.shape() = [4, 6, 1]"));
     adaround_variables vars(W, p);
     CHECK_THROWS_WITH(vars.set_v(xt::zeros<float>({4, 5})), Contains("set_v: V.shape() = [4, 5]"));
+    CHECK_THROWS_WITH(vars.set_v(xt::xarray<float>(xt::zeros<float>({4, 6, 1}))),
+                      Contains("quant::adaround_variables::set_v: V.shape() = [4, 6, 1]"));
     xt::xtensor<float, 2> V = xt::zeros<float>({4, 6});
     V(0, 0) = INFINITY;
     CHECK_THROWS_AS(vars.set_v(V), quant::domain_error);

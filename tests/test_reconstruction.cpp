@@ -180,6 +180,9 @@ TEST_CASE("reconstruct_block rejects bad input with quant exceptions", "[reconst
   auto xn = x;
   xn(1, 1) = NAN;
   CHECK_THROWS_AS(reconstruct_block(layers, xn, bo), quant::domain_error);
+  auto wn = layers;
+  wn[1].weight(0, 1) = NAN;
+  CHECK_THROWS_WITH(reconstruct_block(wn, x, bo), Catch::Contains("quant::reconstruct_block: weight = nan"));
   xt::xtensor<float, 2> fisher = xt::ones<float>({40, 5});
   CHECK_THROWS_AS(reconstruct_block(layers, x, bo, nullptr, &fisher), quant::length_error);
 }

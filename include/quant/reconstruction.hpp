@@ -461,7 +461,8 @@ struct block_engine {
 
     std::vector<adaround_variables> vars;
     vars.reserve(nl);
-    for (const block_weight& w : weights) vars.emplace_back(w.weight, w.weight_qparams, opt.learning_rate, fn);
+    for (const block_weight& w : weights)
+      vars.push_back(adaround_variables_access::make(w.weight, w.weight_qparams, opt.learning_rate, fn));
     std::vector<lsq_params> q = quantizers;
     std::vector<xt::xtensor<float, 2>> grads(nl);
     for (std::size_t l = 0; l < nl; ++l) grads[l] = xt::zeros<float>(weights[l].weight.shape());

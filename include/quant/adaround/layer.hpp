@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -156,9 +157,11 @@ float layer_loss_row(float* QUANT_RESTRICT y, const float* QUANT_RESTRICT t, con
 }  // namespace detail
 
 // AdaRound for one layer, one iteration at a time (adaround_layer runs it to the end).
-// W [out, in]; X [samples, in] the layer's input in the full-precision model; X_hat the
-// input in the quantized model (asymmetric reconstruction; nullptr: X); bias [out] or
-// nullptr. X and X_hat are referenced, not copied: they must outlive the optimizer.
+// W [out, in] (any 2-D xtensor expression, copied); X [samples, in] the layer's input in
+// the full-precision model (any 2-D xtensor expression); X_hat the input in the quantized
+// model (asymmetric reconstruction; nullptr: X); bias [out] or nullptr. An X of type
+// xt::xtensor<float, 2>, X_hat and bias are referenced, not copied: they must outlive the
+// optimizer (an X of any other type is copied once, as float).
 // Weight qparams: any granularity of W (per output channel, axis 0, is the usual choice);
 // they stay fixed. Each step(): sample `batch_size` rows, gather them, Y = X_b W_soft^T
 // (GEMM), dL/dY in place, G = dY^T X_b (GEMM into the variables' gradient), then the
@@ -167,48 +170,17 @@ float layer_loss_row(float* QUANT_RESTRICT y, const float* QUANT_RESTRICT t, con
 // results are identical for any thread count and the same seed.
 class adaround_optimizer {
  public:
-  adaround_optimizer(const xt::xtensor<float, 2>& W, const xt::xtensor<float, 2>& X, const quant::qparams& weight_qparams,
+  template <class EW, class EX>
+  adaround_optimizer(const xt::xexpression<EW>& W, const xt::xexpression<EX>& X, const quant::qparams& weight_qparams,
                      adaround_options options = {}, const xt::xtensor<float, 2>* X_hat = nullptr,
                      const xt::xtensor<float, 1>* bias = nullptr)
-      : x_(&X), x_hat_(X_hat ? X_hat : &X), opt_(std::move(options)) {
+      : x_hat_(X_hat), opt_(std::move(options)) {
     const char* fn = "adaround_layer";
-    opt_.validate(fn);
-    const std::size_t out = W.shape()[0], in = W.shape()[1], samples = X.shape()[0];
-    if (out == 0 || in == 0)
-      detail::fail<invalid_argument>(fn, "W.shape()", detail::shape_string(W.shape()), "must be non-empty");
-    if (samples == 0)
-      detail::fail<invalid_argument>(fn, "X.shape()", detail::shape_string(X.shape()),
-                                     "calibration data must have at least one row");
-    if (X.shape()[1] != in)
-      detail::fail<length_error>(fn, "X.shape()", detail::shape_string(X.shape()),
-                                 "must be [samples, " + std::to_string(in) + "] for W of shape " +
-                                     detail::shape_string(W.shape()));
-    if (X_hat && (X_hat->shape()[0] != samples || X_hat->shape()[1] != in))
-      detail::fail<length_error>(fn, "X_hat.shape()", detail::shape_string(X_hat->shape()),
-                                 "must equal X.shape() = " + detail::shape_string(X.shape()));
-    if (bias && bias->size() != out)
-      detail::fail<length_error>(fn, "bias.size()", bias->size(), "must equal W.shape()[0] = " + std::to_string(out));
-    if (opt_.batch_size > samples)
-      detail::fail<invalid_argument>(fn, "batch_size", opt_.batch_size,
-                                     "exceeds the " + std::to_string(samples) + " calibration rows");
-    detail::require_finite(X.data(), X.size(), fn, "X");
-    if (X_hat) detail::require_finite(X_hat->data(), X_hat->size(), fn, "X_hat");
-    if (bias) detail::require_finite(bias->data(), bias->size(), fn, "bias");
-    vars_ = adaround_variables(W, weight_qparams, opt_.learning_rate, fn);
-    if (opt_.initial_v.size() != 0) vars_.set_v(opt_.initial_v, fn);
-    bias_.assign(out, 0.0f);
-    if (bias) std::copy(bias->begin(), bias->end(), bias_.begin());
-    has_bias_ = bias != nullptr;
-
-    // FP targets f_a(X W^T + b) for every calibration row, once.
-    target_ = xt::xtensor<float, 2>::from_shape({samples, out});
-    detail::gemm_nt(X, W, target_);
-    detail::add_bias_activate(target_, bias_ptr(), opt_.act);
-
-    perm_.resize(samples);
-    for (std::size_t i = 0; i < samples; ++i) perm_[i] = i;
-    xb_ = xt::xtensor<float, 2>::from_shape({opt_.batch_size, in});
-    yb_ = xt::xtensor<float, 2>::from_shape({opt_.batch_size, out});
+    if constexpr (std::is_same<EX, xt::xtensor<float, 2>>::value)
+      x_ = &X.derived_cast();
+    else
+      x_own_ = detail::float_matrix(X, fn, "X");
+    init(detail::float_matrix(W, fn, "W"), weight_qparams, bias, fn);
   }
 
   std::size_t iteration() const noexcept { return k_; }
@@ -225,7 +197,7 @@ class adaround_optimizer {
     const detail::beside_blas blas_scope;  // quant's loops beside BLAS threads (docs/threading.md)
     const std::size_t B = opt_.batch_size, out = yb_.shape()[1];
     detail::sample_rows(perm_, B, opt_.seed, k_);
-    detail::gather_rows(*x_hat_, perm_.data(), B, xb_);
+    detail::gather_rows(x_hat(), perm_.data(), B, xb_);
     detail::gemm_nt(xb_, vars_.soft_weights(), yb_);  // [B, out]
     // dL/dY in place and the loss L = (1/B) sum (f_a(y + b) - t)^2
     const float two_over_b = 2.0f / static_cast<float>(B);
@@ -254,8 +226,8 @@ class adaround_optimizer {
     r.integer_weights = vars_.integer_weights();
     r.weights = vars_.hard_weights();
     const xt::xtensor<float, 2> w_rtn = eager::fake_quantize(vars_.weight(), r.qparams);
-    r.report.rtn_error = detail::layer_output_error(w_rtn, *x_hat_, target_, bias_ptr(), opt_.act);
-    r.report.adaround_error = detail::layer_output_error(r.weights, *x_hat_, target_, bias_ptr(), opt_.act);
+    r.report.rtn_error = detail::layer_output_error(w_rtn, x_hat(), target_, bias_ptr(), opt_.act);
+    r.report.adaround_error = detail::layer_output_error(r.weights, x_hat(), target_, bias_ptr(), opt_.act);
     r.report.flipped_fraction = vars_.flipped_fraction();
     r.report.non_binary_fraction = vars_.non_binary_fraction();
     r.report.iterations = k_;
@@ -264,9 +236,55 @@ class adaround_optimizer {
 
  private:
   const float* bias_ptr() const noexcept { return has_bias_ ? bias_.data() : nullptr; }
+  const xt::xtensor<float, 2>& x() const noexcept { return x_ ? *x_ : x_own_; }
+  const xt::xtensor<float, 2>& x_hat() const noexcept { return x_hat_ ? *x_hat_ : x(); }
 
-  const xt::xtensor<float, 2>* x_;
-  const xt::xtensor<float, 2>* x_hat_;
+  void init(xt::xtensor<float, 2> W, const quant::qparams& weight_qparams, const xt::xtensor<float, 1>* bias,
+            const char* fn) {
+    const xt::xtensor<float, 2>& X = x();
+    const xt::xtensor<float, 2>* X_hat = x_hat_;
+    opt_.validate(fn);
+    const std::size_t out = W.shape()[0], in = W.shape()[1], samples = X.shape()[0];
+    if (out == 0 || in == 0)
+      detail::fail<invalid_argument>(fn, "W.shape()", detail::shape_string(W.shape()), "must be non-empty");
+    if (samples == 0)
+      detail::fail<invalid_argument>(fn, "X.shape()", detail::shape_string(X.shape()),
+                                     "calibration data must have at least one row");
+    if (X.shape()[1] != in)
+      detail::fail<length_error>(fn, "X.shape()", detail::shape_string(X.shape()),
+                                 "must be [samples, " + std::to_string(in) + "] for W of shape " +
+                                     detail::shape_string(W.shape()));
+    if (X_hat && (X_hat->shape()[0] != samples || X_hat->shape()[1] != in))
+      detail::fail<length_error>(fn, "X_hat.shape()", detail::shape_string(X_hat->shape()),
+                                 "must equal X.shape() = " + detail::shape_string(X.shape()));
+    if (bias && bias->size() != out)
+      detail::fail<length_error>(fn, "bias.size()", bias->size(), "must equal W.shape()[0] = " + std::to_string(out));
+    if (opt_.batch_size > samples)
+      detail::fail<invalid_argument>(fn, "batch_size", opt_.batch_size,
+                                     "exceeds the " + std::to_string(samples) + " calibration rows");
+    detail::require_finite(X.data(), X.size(), fn, "X");
+    if (X_hat) detail::require_finite(X_hat->data(), X_hat->size(), fn, "X_hat");
+    if (bias) detail::require_finite(bias->data(), bias->size(), fn, "bias");
+    vars_ = detail::adaround_variables_access::make(std::move(W), weight_qparams, opt_.learning_rate, fn);
+    if (opt_.initial_v.size() != 0) detail::adaround_variables_access::set_v(vars_, opt_.initial_v, fn);
+    bias_.assign(out, 0.0f);
+    if (bias) std::copy(bias->begin(), bias->end(), bias_.begin());
+    has_bias_ = bias != nullptr;
+
+    // FP targets f_a(X W^T + b) for every calibration row, once.
+    target_ = xt::xtensor<float, 2>::from_shape({samples, out});
+    detail::gemm_nt(X, vars_.weight(), target_);
+    detail::add_bias_activate(target_, bias_ptr(), opt_.act);
+
+    perm_.resize(samples);
+    for (std::size_t i = 0; i < samples; ++i) perm_[i] = i;
+    xb_ = xt::xtensor<float, 2>::from_shape({opt_.batch_size, in});
+    yb_ = xt::xtensor<float, 2>::from_shape({opt_.batch_size, out});
+  }
+
+  const xt::xtensor<float, 2>* x_ = nullptr;      // the caller's X, or nullptr: x_own_
+  xt::xtensor<float, 2> x_own_;                   // X when it is not an xt::xtensor<float, 2>
+  const xt::xtensor<float, 2>* x_hat_ = nullptr;  // nullptr: X
   adaround_options opt_;
   adaround_variables vars_;
   std::vector<float> bias_;  // zeros without a bias (the loss row adds it unconditionally)
@@ -277,13 +295,15 @@ class adaround_optimizer {
   adaround_progress last_;
 };
 
-// AdaRound one layer to the end (see adaround_optimizer for shapes and semantics).
-// Throws quant::invalid_argument (options, empty data, batch larger than the data),
-// quant::length_error (shapes), quant::domain_error (non-finite W, X, X_hat or bias).
-inline adaround_result adaround_layer(const xt::xtensor<float, 2>& W, const xt::xtensor<float, 2>& X,
-                                      const quant::qparams& weight_qparams, const adaround_options& opt = {},
-                                      const xt::xtensor<float, 2>* X_hat = nullptr,
-                                      const xt::xtensor<float, 1>* bias = nullptr) {
+// AdaRound one layer to the end (see adaround_optimizer for shapes and semantics; W and X
+// any 2-D xtensor expressions). Throws quant::invalid_argument (options, W or X not 2-D,
+// empty data, batch larger than the data), quant::length_error (shapes),
+// quant::domain_error (non-finite W, X, X_hat or bias).
+template <class EW, class EX>
+adaround_result adaround_layer(const xt::xexpression<EW>& W, const xt::xexpression<EX>& X,
+                               const quant::qparams& weight_qparams, const adaround_options& opt = {},
+                               const xt::xtensor<float, 2>* X_hat = nullptr,
+                               const xt::xtensor<float, 1>* bias = nullptr) {
   adaround_optimizer o(W, X, weight_qparams, opt, X_hat, bias);
   o.run();
   return o.result();

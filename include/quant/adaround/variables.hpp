@@ -11,9 +11,12 @@
 // variables): no xtensor-blas, no iostreams.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include <xtensor/xtensor.hpp>
@@ -29,6 +32,25 @@
 
 namespace quant {
 
+class adaround_variables;
+
+namespace detail {
+// x as an owned [rows, columns] float matrix (a copy; other value types converted).
+// Throws quant::invalid_argument naming `function` and `argument` when x is not 2-D.
+template <class E>
+xt::xtensor<float, 2> float_matrix(const xt::xexpression<E>& x, const char* function, const char* argument) {
+  const auto& e = x.derived_cast();
+  if (e.dimension() != 2)
+    fail<invalid_argument>(function, (std::string(argument) + ".shape()").c_str(), shape_string(e.shape()),
+                           "must be a matrix [rows, columns]");
+  return xt::xtensor<float, 2>(e);
+}
+
+// For the algorithms that own adaround_variables (the layer optimizer, block
+// reconstruction): construction and set_v with errors naming the algorithm.
+struct adaround_variables_access;
+}  // namespace detail
+
 // The AdaRound variables of one weight tensor W [out, in] (conv: [out, C*KH*KW]) with
 // their Adam state and the current soft weight: the part of AdaRound that does not
 // depend on the network. The layer optimizer and block reconstruction (reconstruction.hpp)
@@ -40,40 +62,25 @@ namespace quant {
 class adaround_variables {
  public:
   adaround_variables() = default;
-  // Throws quant::domain_error for non-finite W, quant::length_error / invalid_argument for
-  // qparams that do not fit W or a learning rate that is not finite and > 0.
-  adaround_variables(const xt::xtensor<float, 2>& W, const quant::qparams& weight_qparams,
-                     float learning_rate = 1e-3f, const char* function = "adaround_variables")
-      : w_(W), qp_(weight_qparams), adam_(W.size(), adam_options{learning_rate}) {
-    detail::require_finite(W.data(), W.size(), function, "W");
-    plan_ = detail::make_segment_plan(W.shape(), qp_, function);
-    qmin_ = static_cast<float>(qp_.qmin());
-    qmax_ = static_cast<float>(qp_.qmax());
-    v_ = eager::adaround_init(W, qp_);
-    base_ = xt::xtensor<float, 2>::from_shape(W.shape());
-    detail::for_each_param(plan_, 0, plan_.n, [&](std::size_t i, float, float inv_s, float z) {
-      base_.data()[i] = std::floor(W.data()[i] * inv_s) + z;
-    });
-    sig_ = xt::xtensor<float, 2>::from_shape(W.shape());
-    w_soft_ = xt::xtensor<float, 2>::from_shape(W.shape());
-    grad_ = xt::zeros<float>(W.shape());
-    partials_.assign(detail::chunk_count(plan_), 0.0);
-    kernels::adaround_soft_weights<>(plan_, qmin_, qmax_, base_.data(), v_.data(), sig_.data(), w_soft_.data());
-  }
+  // W: any 2-D xtensor expression (copied, as float). Throws quant::invalid_argument for a
+  // W that is not 2-D, quant::domain_error for non-finite W, quant::length_error /
+  // invalid_argument for qparams that do not fit W or a learning rate that is not finite
+  // and > 0.
+  template <class E>
+  adaround_variables(const xt::xexpression<E>& W, const quant::qparams& weight_qparams, float learning_rate = 1e-3f)
+      : adaround_variables(detail::float_matrix(W, "adaround_variables", "W"), weight_qparams, learning_rate,
+                           "adaround_variables") {}
 
   std::size_t size() const noexcept { return w_.size(); }
   const xt::xtensor<float, 2>& weight() const noexcept { return w_; }  // the full-precision W
 
-  // Replaces V (e.g. by eager::adaround_init_from_integers) and recomputes the soft weight; call
-  // it before the first step() (Adam's state is not reset). Throws quant::length_error for
-  // a shape other than W's, quant::domain_error for non-finite V.
-  void set_v(const xt::xtensor<float, 2>& v, const char* function = "adaround_variables::set_v") {
-    if (v.shape() != w_.shape())
-      detail::fail<length_error>(function, "V.shape()", detail::shape_string(v.shape()),
-                                 "must equal W.shape() = " + detail::shape_string(w_.shape()));
-    detail::require_finite(v.data(), v.size(), function, "V");
-    v_ = v;
-    kernels::adaround_soft_weights<>(plan_, qmin_, qmax_, base_.data(), v_.data(), sig_.data(), w_soft_.data());
+  // Replaces V (any expression shaped like W, e.g. from eager::adaround_init_from_integers)
+  // and recomputes the soft weight; call it before the first step() (Adam's state is not
+  // reset). Throws quant::length_error for a shape other than W's, quant::domain_error for
+  // non-finite V.
+  template <class E>
+  void set_v(const xt::xexpression<E>& v) {
+    assign_v(v, "adaround_variables::set_v");
   }
 
   const quant::qparams& weight_qparams() const noexcept { return qp_; }
@@ -127,6 +134,40 @@ class adaround_variables {
   }
 
  private:
+  friend struct detail::adaround_variables_access;
+
+  // The constructor and set_v with errors naming `function`.
+  adaround_variables(xt::xtensor<float, 2> W, const quant::qparams& weight_qparams, float learning_rate,
+                     const char* function)
+      : w_(std::move(W)), qp_(weight_qparams), adam_(w_.size(), adam_options{learning_rate}) {
+    detail::require_finite(w_.data(), w_.size(), function, "W");
+    plan_ = detail::make_segment_plan(w_.shape(), qp_, function);
+    qmin_ = static_cast<float>(qp_.qmin());
+    qmax_ = static_cast<float>(qp_.qmax());
+    v_ = eager::adaround_init(w_, qp_);
+    base_ = xt::xtensor<float, 2>::from_shape(w_.shape());
+    detail::for_each_param(plan_, 0, plan_.n, [&](std::size_t i, float, float inv_s, float z) {
+      base_.data()[i] = std::floor(w_.data()[i] * inv_s) + z;
+    });
+    sig_ = xt::xtensor<float, 2>::from_shape(w_.shape());
+    w_soft_ = xt::xtensor<float, 2>::from_shape(w_.shape());
+    grad_ = xt::zeros<float>(w_.shape());
+    partials_.assign(detail::chunk_count(plan_), 0.0);
+    kernels::adaround_soft_weights<>(plan_, qmin_, qmax_, base_.data(), v_.data(), sig_.data(), w_soft_.data());
+  }
+
+  template <class E>
+  void assign_v(const xt::xexpression<E>& v, const char* function) {
+    const auto& e = v.derived_cast();
+    if (!std::equal(e.shape().begin(), e.shape().end(), w_.shape().begin(), w_.shape().end()))
+      detail::fail<length_error>(function, "V.shape()", detail::shape_string(e.shape()),
+                                 "must equal W.shape() = " + detail::shape_string(w_.shape()));
+    xt::xtensor<float, 2> nv(e);
+    detail::require_finite(nv.data(), nv.size(), function, "V");
+    v_ = std::move(nv);
+    kernels::adaround_soft_weights<>(plan_, qmin_, qmax_, base_.data(), v_.data(), sig_.data(), w_soft_.data());
+  }
+
   xt::xtensor<float, 2> w_;
   quant::qparams qp_;
   adam adam_{0};
@@ -136,9 +177,17 @@ class adaround_variables {
   std::vector<double> partials_;
 };
 
-// AdaRound for one layer, one iteration at a time (adaround_layer runs it to the end).
-// W [out, in]; X [samples, in] the layer's input in the full-precision model; X_hat the
-// input in the quantized model (asymmetric reconstruction; nullptr: X); bias [out] or
-// nullptr. X and X_hat are referenced, not copied: they must outlive the optimizer.
+namespace detail {
+struct adaround_variables_access {
+  static adaround_variables make(xt::xtensor<float, 2> W, const quant::qparams& weight_qparams, float learning_rate,
+                                 const char* function) {
+    return adaround_variables(std::move(W), weight_qparams, learning_rate, function);
+  }
+  template <class E>
+  static void set_v(adaround_variables& vars, const xt::xexpression<E>& v, const char* function) {
+    vars.assign_v(v, function);
+  }
+};
+}  // namespace detail
 
 }  // namespace quant
