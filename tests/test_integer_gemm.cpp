@@ -359,6 +359,24 @@ TEMPLATE_TEST_CASE("a prepared integer_gemm_layer computes what the unprepared c
       }
 }
 
+TEST_CASE("the xtensor integer_gemm takes the bias as quantize_bias returns it", "[integer_gemm]") {
+  const std::size_t n = 5, out = 19, k = 33;
+  const auto xv = random_ints<std::uint8_t>(n * k, 0, 255, 51);
+  const auto wv = random_ints<std::int8_t>(out * k, -127, 127, 52);
+  const auto bv = random_ints<std::int32_t>(out, -3000, 3000, 53);
+  const auto rq = quant::make_requantize_params(std::vector<double>(out, 4e-4), quant::grid::int_signed(8), -2,
+                                                quant::requantization::fixed_point);
+  const auto y = quant::integer_gemm<std::int8_t>(as_matrix(xv, n, k), 9, quant::pack_weights(wv.data(), out, k), bv, rq);
+  const auto acc = quant::ref::integer_gemm_accumulators(xv.data(), n, k, 9, wv.data(), out, bv.data());
+  REQUIRE(y.shape()[0] == n);
+  REQUIRE(y.shape()[1] == out);
+  for (std::size_t i = 0; i < n; ++i)
+    for (std::size_t o = 0; o < out; ++o) REQUIRE(int(y(i, o)) == ref_requantize(std::int32_t(acc[i * out + o]), o, rq));
+  REQUIRE_THROWS_WITH(quant::integer_gemm<std::int8_t>(as_matrix(xv, n, k), 9, quant::pack_weights(wv.data(), out, k),
+                                                       std::vector<std::int32_t>(3), rq),
+                      Catch::Contains("bias.size() = 3"));
+}
+
 TEST_CASE("integer_gemm_layer validates once, naming the argument", "[integer_gemm]") {
   const auto wv = random_ints<std::int8_t>(5 * 8, -127, 127, 31);
   const auto rq = quant::make_requantize_params({1e-3}, quant::grid::int_signed(8), 0,
@@ -550,5 +568,38 @@ TEST_CASE("integer GEMM rejects bad input with the argument's name", "[integer_g
     REQUIRE_THROWS_WITH(quant::im2col(img, g, 300), Catch::Contains("zero_point = 300"));
     const xt::xtensor<std::uint8_t, 4> bad = xt::zeros<std::uint8_t>({std::size_t(1), std::size_t(3), std::size_t(4), std::size_t(4)});
     REQUIRE_THROWS_AS(quant::im2col(bad, g, 0), quant::length_error);
+  }
+}
+
+TEST_CASE("check_integer_gemm throws exactly what the GEMM throws, at the K and accumulator bounds",
+          "[integer_gemm]") {
+  // w = 127 everywhere, uint8 activations with z = 0 (|x - z| <= 255): K = 65 793 is the last
+  // K the kernel takes, and then |bias| <= 2^31 - 1 - 255 * 127 * 65 793 = 16 777 342.
+  const std::size_t kmax = quant::integer_gemm_max_k<std::uint8_t>(8);
+  REQUIRE(kmax == 65793);
+  const std::int32_t largest_bias = 2147483647 - 255 * 127 * 65793;
+  REQUIRE(largest_bias == 16777342);
+  // message of f(), or "" when it does not throw quant::invalid_argument
+  auto message = [](auto&& f) -> std::string {
+    try {
+      f();
+    } catch (const quant::invalid_argument& e) {
+      return e.what();
+    }
+    return "";
+  };
+  for (std::size_t k : {kmax, kmax + 1}) {
+    const std::vector<std::int8_t> w(2 * k, 127);
+    const auto pw = quant::pack_weights(w.data(), 2, k);
+    const xt::xtensor<std::uint8_t, 2> x = xt::zeros<std::uint8_t>({std::size_t(1), k});
+    for (std::int32_t b : {0, largest_bias, largest_bias + 1, -largest_bias, -largest_bias - 1}) {
+      const xt::xtensor<std::int32_t, 1> bias = {0, b};
+      INFO("K = " << k << ", bias[1] = " << b);
+      const std::string want = message([&] { quant::integer_gemm_s32(x, 0, pw, bias); });
+      const std::string got = message([&] { quant::check_integer_gemm<std::uint8_t>(pw, 0, bias.data(), "integer_gemm_s32"); });
+      CHECK(got == want);
+      const bool refused = k > kmax || b > largest_bias || b < -largest_bias;
+      CHECK(got.empty() == !refused);
+    }
   }
 }

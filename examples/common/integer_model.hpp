@@ -224,6 +224,15 @@ inline void integer_weights(const model_layer& l, integer_op& op, weight_format 
 inline void pack(integer_op& op, weight_format format) {
   if (op.kind == integer_op_kind::depthwise_conv2d) return;
   op.packed = format == weight_format::int4 ? quant::pack_weights_int4(op.weights) : quant::pack_weights(op.weights);
+  // The GEMM's own checks, once here: its int32 (and int16) arithmetic is bounded for any
+  // uint8 input, so it bounds K and |bias| + max|x - z| sum|w| over the whole uint8 range,
+  // not the activation grid's. An engine the kernel would refuse at run time is refused
+  // when it is made or loaded.
+  try {
+    quant::check_integer_gemm<std::uint8_t>(op.packed, op.input.zero_point, op.bias.data());
+  } catch (const quant::error& e) {
+    fail(op.name, e.what());
+  }
 }
 
 inline std::int32_t relu6_top(const activation_grid& g) {
@@ -255,8 +264,9 @@ inline void finish_weight_op(integer_op& op, quant::requantization rounding) {
   op.zero_point = op.output.zero_point;
 }
 
-// Bound of the int32 accumulator times the averaging areas (the GEMMs check the plain
-// accumulator themselves; the depthwise loop and the window sums are checked here).
+// Bound of the int32 accumulator times the averaging areas over the activation grid, the
+// range the depthwise loop's inputs and the window sums stay in (pack() adds the GEMM's
+// own, wider bound for linear and conv ops).
 inline void check_accumulator_bound(const integer_op& op) {
   const std::int64_t span = std::max(op.input.zero_point - op.input.qmin, op.input.qmax - op.input.zero_point);
   for (std::size_t c = 0; c < op.weights.shape()[0]; ++c) {

@@ -3,6 +3,7 @@
 // from the formulas, the engine directory round trip, and export's validation errors.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <filesystem>
@@ -459,5 +460,73 @@ TEST_CASE("export errors name the layer", "[integer_model]") {
     model m = small_mlp(8, 2);
     m.layers[3].input_encoding->params = quant::qparams::per_tensor(quant::grid::int_signed(8), 0.1f, 0);
     CHECK_THROWS_WITH(make_integer_model(m), Catch::Contains("layer fc2") && Catch::Contains("unsigned"));
+  }
+}
+
+// The integer GEMM bounds its int32 accumulation over every uint8 input byte (|x - z| up to
+// 255 for z = 0), whatever the activation grid: K <= integer_gemm_max_k<uint8_t>(8) = 65 793
+// and |bias| + max|x - z| sum_k |w| <= 2^31 - 1. An engine the kernel would refuse at run time
+// is refused when it is made or loaded, also when its activation grid (here 4 bits, |x - z|
+// <= 15) alone would keep the accumulator far inside int32.
+TEST_CASE("an engine the integer GEMM would refuse is refused at export and at load", "[integer_model]") {
+  const std::size_t kmax = quant::integer_gemm_max_k<std::uint8_t>(8);
+  REQUIRE(kmax == 2147483647u / (255u * 128u));
+  const float s_w = 0x1p-12f, s_in = 0x1p-4f;
+  auto model_with_k = [&](std::size_t k) {
+    model m;
+    m.input_shape = {1, 1, k};
+    m.layers.push_back(simple(layer_type::flatten, "fl"));
+    model_layer l = simple(layer_type::linear, "fc");
+    l.weight = xt::xarray<float>::from_shape({2, k});
+    std::fill(l.weight.begin(), l.weight.end(), 127.0f * s_w);  // every weight at the grid's top
+    l.bias = xt::xtensor<float, 1>(xt::zeros<float>({2}));
+    encoding we;
+    we.params = quant::qparams::per_channel(quant::grid::int_signed(8), std::vector<float>{s_w, s_w}, 0);
+    we.scheme = quant::scheme::symmetric;
+    l.weight_encoding = we;
+    encoding ae;
+    ae.params = quant::qparams::per_tensor(quant::grid::int_unsigned(4), s_in, 0);
+    ae.scheme = quant::scheme::asymmetric;
+    l.input_encoding = ae;
+    m.layers.push_back(l);
+    validate_model(m);
+    return m;
+  };
+  SECTION("K at the kernel's limit exports, loads and runs; one more is refused at export") {
+    const model at_limit = model_with_k(kmax);
+    const integer_model im = make_integer_model(at_limit);
+    // inputs at the top of the 4-bit grid: acc = 15 * 127 * K, logit = acc * s_in * s_w (exact)
+    xt::xarray<float> x = xt::xarray<float>::from_shape({1, 1, 1, kmax});
+    std::fill(x.begin(), x.end(), 15.0f * s_in);
+    const auto r = run_integer_model(im, x, integer_mode::integer, false);
+    REQUIRE(r.logits.size() == 2);
+    const double want = 15.0 * 127.0 * double(kmax) * double(s_in) * double(s_w);
+    CHECK(double(r.logits(0, 0)) == Approx(want).epsilon(1e-7));
+    CHECK(double(r.logits(0, 1)) == Approx(want).epsilon(1e-7));
+    CHECK_THROWS_WITH(make_integer_model(model_with_k(kmax + 1)),
+                      Catch::Contains("layer fc") && Catch::Contains("w.k = " + std::to_string(kmax + 1)));
+  }
+  SECTION("a bias at the accumulator bound loads; one more is refused at load") {
+    // 255 * 127 * K + |bias| <= 2^31 - 1 with K = kmax: the largest bias the kernel takes
+    const std::int64_t largest = 2147483647 - 255 * 127 * std::int64_t(kmax);
+    REQUIRE(largest > 0);
+    const std::string dir = tmp_dir("bias_bound");
+    save_integer_model(make_integer_model(model_with_k(kmax)), dir);
+    nlohmann::json j;
+    {
+      std::ifstream f(dir + "/engine.json");
+      f >> j;
+    }
+    REQUIRE(j["ops"].size() == 2);
+    auto load_with_bias = [&](std::int64_t b) {
+      j["ops"][1]["bias"][0] = b;
+      std::ofstream(dir + "/engine.json", std::ios::trunc) << j.dump();
+      return load_integer_model(dir);
+    };
+    const integer_model ok = load_with_bias(-largest);
+    xt::xarray<float> x = xt::zeros<float>({std::size_t(1), std::size_t(1), std::size_t(1), kmax});
+    CHECK_NOTHROW(run_integer_model(ok, x, integer_mode::integer, false));
+    CHECK_THROWS_WITH(load_with_bias(largest + 1), Catch::Contains("bias[0]") && Catch::Contains("exceeds int32"));
+    CHECK_THROWS_WITH(load_with_bias(-(largest + 1)), Catch::Contains("bias[0]") && Catch::Contains("exceeds int32"));
   }
 }

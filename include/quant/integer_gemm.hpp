@@ -195,6 +195,17 @@ inline void check_strides(std::size_t ldx, std::size_t k, std::size_t ldy, std::
 }  // namespace igemm
 }  // namespace detail
 
+// The checks integer_gemm and integer_gemm_s32 run on their weights, activation zero point
+// and bias (nullptr or out values), without running: K <= integer_gemm_max_k<Act> and the
+// accumulator bound over the whole range of Act (every uint8 / int8 input byte, not only
+// the activation grid's). Throws exactly what those calls would throw for the same
+// arguments, from `function`: an engine checks each layer once, when it loads it.
+template <class Act>
+void check_integer_gemm(const packed_weights& w, int x_zero_point, const std::int32_t* bias,
+                        const char* function = "integer_gemm") {
+  (void)detail::igemm::epilogue_offsets<Act>(w, x_zero_point, bias, function);
+}
+
 // int32-output GEMM (no requantization): y[n, o] = acc[n, o] as in the header comment.
 // x: n rows of K activations, row j at x + j * ldx; y: row j at y + j * ldy (>= out);
 // bias: out values or nullptr. Unaligned pointers are fine. Throws quant::invalid_argument
@@ -395,6 +406,16 @@ xt::xtensor<Out, 2> integer_gemm(const xt::xtensor<Act, 2>& x, int x_zero_point,
   integer_gemm<Arch>(x.data(), x.shape()[0], w.k, x_zero_point, w, bias.size() ? bias.data() : nullptr, rq, y.data(),
                      w.out);
   return y;
+}
+
+// The same with the bias as quantize_bias returns it (std::vector, empty or [out]; the
+// allocator is deduced so that a `{}` bias still means the overload above).
+template <class Out, class Arch = simd::default_arch, class Act, class Allocator>
+xt::xtensor<Out, 2> integer_gemm(const xt::xtensor<Act, 2>& x, int x_zero_point, const packed_weights& w,
+                                 const std::vector<std::int32_t, Allocator>& bias, const requantize_params& rq) {
+  xt::xtensor<std::int32_t, 1> b = xt::xtensor<std::int32_t, 1>::from_shape({bias.size()});
+  std::copy(bias.begin(), bias.end(), b.begin());
+  return integer_gemm<Out, Arch>(x, x_zero_point, w, b, rq);
 }
 
 }  // namespace quant
