@@ -853,6 +853,11 @@ TEST_CASE("bad inputs throw clear quant exceptions", "[adaround]") {
   o2 = o;
   o2.learning_rate = 0.0f;
   CHECK_THROWS_AS(adaround_layer(w, x, p, o2), quant::invalid_argument);
+  // named by the entry point called, not by the Adam inside it
+  CHECK_THROWS_WITH(adaround_layer(w, x, p, o2), "quant::adaround_layer: learning_rate = 0: must be finite and > 0");
+  CHECK_THROWS_WITH(adaround_variables(w, p, 0.0f), "quant::adaround_variables: learning_rate = 0: must be finite and > 0");
+  CHECK_THROWS_WITH(adaround_variables(w, p, std::nanf("")),
+                    "quant::adaround_variables: learning_rate = nan: must be finite and > 0");
   auto xn = x;
   xn(3, 2) = NAN;
   CHECK_THROWS_AS(adaround_layer(w, xn, p, o), quant::domain_error);

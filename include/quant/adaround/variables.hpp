@@ -139,7 +139,7 @@ class adaround_variables {
   // The constructor and set_v with errors naming `function`.
   adaround_variables(xt::xtensor<float, 2> W, const quant::qparams& weight_qparams, float learning_rate,
                      const char* function)
-      : w_(std::move(W)), qp_(weight_qparams), adam_(w_.size(), adam_options{learning_rate}) {
+      : w_(std::move(W)), qp_(weight_qparams), adam_(w_.size(), checked_adam_options(learning_rate, function)) {
     detail::require_finite(w_.data(), w_.size(), function, "W");
     plan_ = detail::make_segment_plan(w_.shape(), qp_, function);
     qmin_ = static_cast<float>(qp_.qmin());
@@ -154,6 +154,13 @@ class adaround_variables {
     grad_ = xt::zeros<float>(w_.shape());
     partials_.assign(detail::chunk_count(plan_), 0.0);
     kernels::adaround_soft_weights<>(plan_, qmin_, qmax_, base_.data(), v_.data(), sig_.data(), w_soft_.data());
+  }
+
+  // Adam's options for V, validated under the caller's name (not Adam's).
+  static adam_options checked_adam_options(float learning_rate, const char* function) {
+    const adam_options o{learning_rate};
+    o.validate(function);
+    return o;
   }
 
   template <class E>
