@@ -71,7 +71,10 @@ TEST_CASE("shared codebook: a layer made of K distinct subvectors is reconstruct
   pq_options opt;
   opt.init = kmeans_init::kmeans_plus_plus;  // D^2 sampling never picks a duplicate
   opt.iterations = 5;
-  const auto res = pq_quantize_layer(w, d, K, 11, opt);
+  opt.d = d;
+  opt.k = K;
+  opt.seed = 11;
+  const auto res = pq_quantize_layer(w, opt);
   CHECK(res.mse == 0.0);
   CHECK(bool(xt::xtensor<float, 2>(res.decoded) == w));
   CHECK(res.codebook.subspaces() == 1);
@@ -108,7 +111,7 @@ TEST_CASE("encode is the exact nearest centroid; decode looks it up (shared and 
           err += std::pow(double(w(r, s * d + j)) - dec(r, s * d + j), 2);
         }
       }
-    const auto res = pq_quantize_layer(w, d, K, 2, opt);
+    const auto res = pq_quantize_layer(w, opt);
     CHECK(bool(res.indices == idx));
     CHECK(res.mse == Approx(err / (rows * cols)).epsilon(1e-12));
     // Unit Gaussian data: 32 centroids in 4-D must beat the 16-point product of optimal
@@ -164,7 +167,10 @@ TEST_CASE("conv weights made of 16 distinct kernels are reconstructed exactly", 
       for (std::size_t j = 0; j < 9; ++j) w(o, c, j / 3, j % 3) = kernels[((o * 4 + c) % 16) * 9 + j];
   pq_options opt;
   opt.init = kmeans_init::kmeans_plus_plus;
-  const auto res = pq_quantize_layer(w, 9, 16, 3, opt);
+  opt.d = 9;
+  opt.k = 16;
+  opt.seed = 3;
+  const auto res = pq_quantize_layer(w, opt);
   CHECK(res.mse == 0.0);
   quant_test::require_bitwise_equal(res.decoded.data(), w.data(), w.size(), "decoded conv weight");
 }
@@ -197,7 +203,10 @@ TEST_CASE("size accounting and int8 centroids", "[pq]") {
   auto wp = normal_matrix(40, 16, 1);
   for (std::size_t r = 0; r < 40; ++r)
     for (std::size_t c = 8; c < 16; ++c) wp(r, c) *= 10.0f;  // the second column block is 10x wider
-  const auto ps = pq_quantize_layer(wp, 8, 8, 1, opt);
+  opt.d = 8;
+  opt.k = 8;
+  opt.seed = 1;
+  const auto ps = pq_quantize_layer(wp, opt);
   const auto qs = quantize_centroids(ps.codebook);
   REQUIRE(qs.scales.size() == 2);
   CHECK(ps.size.centroid_bytes == 2 * 8 * 8 * 4);
@@ -293,6 +302,65 @@ TEST_CASE("PQ errors", "[pq]") {
   CHECK_THROWS_AS(pq_encode(normal_matrix(8, 10, 1), res.codebook), quant::invalid_argument);
   xt::xtensor<float, 1> v = {1.0f, 2.0f};
   CHECK_THROWS_AS(pq_quantize_layer(v, 1, 1, 1), quant::invalid_argument);
+}
+
+TEST_CASE("pq_quantize_layer takes its options as given", "[pq]") {
+  const auto w = normal_matrix(24, 32, 4);
+  pq_options opt;
+  opt.d = 4;
+  opt.k = 16;
+  opt.seed = 9;
+  opt.iterations = 6;
+  opt.init = kmeans_init::kmeans_plus_plus;
+  opt.layout = pq_layout::per_subspace;
+  SECTION("d, k, seed and the rest come from the options: the same as pq_train + pq_encode") {
+    const auto res = pq_quantize_layer(w, opt);
+    const auto cb = pq_train(w, opt);
+    CHECK(res.codebook.d == 4);
+    CHECK(res.codebook.k == 16);
+    CHECK(res.codebook.layout == pq_layout::per_subspace);
+    CHECK(bool(res.codebook.centroids == cb.centroids));
+    CHECK(bool(res.indices == pq_encode(w, cb)));
+    REQUIRE(res.objective.size() == 8);
+    CHECK(res.objective[0].size() == 6);
+  }
+  SECTION("(W, d, k, seed) is the options with those three set and the rest at their defaults") {
+    pq_options o3;
+    o3.d = 4;
+    o3.k = 16;
+    o3.seed = 9;
+    const auto a = pq_quantize_layer(w, 4, 16, 9);
+    const auto b = pq_quantize_layer(w, o3);
+    CHECK(bool(a.codebook.centroids == b.codebook.centroids));
+    CHECK(bool(a.indices == b.indices));
+  }
+  SECTION("options that do not fit W are refused, naming the value") {
+    auto o = opt;
+    o.d = 5;  // 32 % 5 != 0
+    CHECK_THROWS_AS(pq_quantize_layer(w, o), quant::invalid_argument);
+    CHECK_THROWS_WITH(pq_quantize_layer(w, o), Catch::Contains("quant::pq_quantize_layer: d = 5") && Catch::Contains("32"));
+    o = opt;
+    o.k = 25;  // 24 rows per subspace
+    CHECK_THROWS_AS(pq_quantize_layer(w, o), quant::invalid_argument);
+  }
+  SECTION("the deprecated (W, d, k, seed, options) form refuses options that disagree instead of overwriting them") {
+#if defined(__GNUC__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+#endif
+    const auto same = pq_quantize_layer(w, 4, 16, 9, opt);
+    CHECK(bool(same.indices == pq_quantize_layer(w, opt).indices));
+    CHECK_THROWS_AS(pq_quantize_layer(w, 8, 16, 9, opt), quant::invalid_argument);
+    CHECK_THROWS_WITH(pq_quantize_layer(w, 8, 16, 9, opt),
+                      Catch::Contains("quant::pq_quantize_layer: options.d = 4") && Catch::Contains("d = 8"));
+    CHECK_THROWS_WITH(pq_quantize_layer(w, 4, 32, 9, opt),
+                      Catch::Contains("quant::pq_quantize_layer: options.k = 16") && Catch::Contains("k = 32"));
+    CHECK_THROWS_WITH(pq_quantize_layer(w, 4, 16, 1, opt),
+                      Catch::Contains("quant::pq_quantize_layer: options.seed = 9") && Catch::Contains("seed = 1"));
+#if defined(__GNUC__)
+#pragma GCC diagnostic pop
+#endif
+  }
 }
 
 TEST_CASE("iPQ refuses a NaN or infinite gradient and leaves codebooks and weights unchanged", "[pq]") {

@@ -80,13 +80,16 @@ class pq_command : public command {
       throw data_error("--k " + std::to_string(k_) + " is larger than the " + std::to_string(per_codebook) +
                        " subvectors each codebook is trained on" + (shared ? "" : " (one per row in per-subspace layout)"));
     quant::pq_options o;
+    o.d = d_;
+    o.k = k_;
+    o.seed = seed_;
     o.iterations = iterations_;
     o.init = init_ == "kmeans++" ? quant::kmeans_init::kmeans_plus_plus : quant::kmeans_init::random_sample;
     o.layout = shared ? quant::pq_layout::shared : quant::pq_layout::per_subspace;
     o.max_training_points = max_training_points_;
     quant::pq_layer_result r;
     try {
-      r = quant::pq_quantize_layer(W, d_, k_, seed_, o);
+      r = quant::pq_quantize_layer(W, o);
     } catch (const quant::domain_error& e) {
       throw data_error(weights_ + ": " + e.what());
     }

@@ -27,7 +27,8 @@
 //   pq_codebook pq_train(W, options)                     codebook [S, K, d]
 //   xt::xtensor<uint32_t,2> pq_encode(W, codebook)       indices [out, in/d]
 //   xt::xtensor<float,2> pq_decode(codebook, indices)    [out, in]
-//   pq_layer_result pq_quantize_layer(W, d, K, seed, options = {})
+//   pq_layer_result pq_quantize_layer(W, options)         d, K, seed and the rest from options
+//   pq_layer_result pq_quantize_layer(W, d, K, seed)      the other options at their defaults
 //       -> { codebook, indices, decoded (shaped like W), size, mse, objective }
 //   unsigned pq_index_bits(K); packed_indices pack_indices(indices, bits);
 //   xt::xtensor<uint32_t,2> unpack_indices(packed, rows, cols)
@@ -347,16 +348,15 @@ inline pq_size_report pq_size(std::size_t rows, std::size_t cols, const pq_codeb
   return r;
 }
 
-// Train, encode and decode one layer: the one-call form for tools and demos.
+// Train, encode and decode one layer: the one-call form for tools and demos. The options
+// are used as given (d, k and seed included; nothing is overwritten). Throws
+// quant::invalid_argument when they do not fit W (d must divide the row length, k must not
+// exceed the subvectors a codebook is trained on), quant::domain_error for non-finite W.
 template <class E>
-pq_layer_result pq_quantize_layer(const xt::xexpression<E>& w, std::size_t d, std::size_t k, std::uint64_t seed,
-                                  pq_options opt = {}) {
-  opt.d = d;
-  opt.k = k;
-  opt.seed = seed;
+pq_layer_result pq_quantize_layer(const xt::xexpression<E>& w, const pq_options& opt) {
   const char* fn = "pq_quantize_layer";
   const auto in = detail::as_contiguous(w);
-  const detail::pq_matrix m = detail::pq_view(in, d, fn);
+  const detail::pq_matrix m = detail::pq_view(in, opt.d, fn);
   pq_layer_result r;
   r.codebook = detail::pq_fit(m, opt, &r.objective, &r.indices, fn);
   const xt::xtensor<float, 2> dec = pq_decode(r.codebook, r.indices);
@@ -370,6 +370,35 @@ pq_layer_result pq_quantize_layer(const xt::xexpression<E>& w, std::size_t d, st
   r.mse = s / static_cast<double>(in.size());
   r.size = pq_size(m.rows, m.cols, r.codebook);
   return r;
+}
+
+// The same with subvector dimension d, k centroids per codebook and the k-means seed, the
+// other options at their pq_options defaults.
+template <class E>
+pq_layer_result pq_quantize_layer(const xt::xexpression<E>& w, std::size_t d, std::size_t k, std::uint64_t seed) {
+  pq_options opt;
+  opt.d = d;
+  opt.k = k;
+  opt.seed = seed;
+  return pq_quantize_layer(w, opt);
+}
+
+// The earlier form, deprecated: d, k and seed used to overwrite the options' fields. Now
+// they must agree with them (quant::invalid_argument naming options.d / options.k /
+// options.seed and both values otherwise); pass the options alone instead.
+template <class E>
+[[deprecated("set d, k and seed in the options and call pq_quantize_layer(W, options)")]] pq_layer_result
+pq_quantize_layer(const xt::xexpression<E>& w, std::size_t d, std::size_t k, std::uint64_t seed,
+                  const pq_options& opt) {
+  const char* fn = "pq_quantize_layer";
+  if (opt.d != d)
+    detail::fail<invalid_argument>(fn, "options.d", opt.d, "differs from the argument d = " + std::to_string(d));
+  if (opt.k != k)
+    detail::fail<invalid_argument>(fn, "options.k", opt.k, "differs from the argument k = " + std::to_string(k));
+  if (opt.seed != seed)
+    detail::fail<invalid_argument>(fn, "options.seed", opt.seed,
+                                   "differs from the argument seed = " + std::to_string(seed));
+  return pq_quantize_layer(w, opt);
 }
 
 // Average gradient of the subvectors assigned to each centroid, [S, K, d] (zero for
@@ -478,7 +507,7 @@ class ipq_stagewise {
     std::vector<double> mses;
     for (auto& l : layers_) {
       if (l.stage != stage) continue;
-      pq_layer_result r = pq_quantize_layer(*l.weight, l.options.d, l.options.k, l.options.seed, l.options);
+      pq_layer_result r = pq_quantize_layer(*l.weight, l.options);
       l.codebook = std::move(r.codebook);
       l.indices = std::move(r.indices);
       l.mse = r.mse;
