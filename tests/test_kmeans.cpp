@@ -112,7 +112,8 @@ TEST_CASE("one Lloyd round equals the reference E-step + M-step exactly, empty c
   kmeans_options opt;
   opt.k = 3;
   opt.iterations = 1;
-  opt.initial_centroids = &c;
+  opt.initial_centroids = c;  // the options hold a copy: changing c afterwards changes nothing
+  c.fill(0.0f);
   const auto r = kmeans(pts, opt);
   quant_test::require_bitwise_equal(r.centroids.data(), want_c, want_c.size(), "kmeans centroids");
   CHECK(r.objective.size() == 1);
@@ -294,8 +295,18 @@ TEST_CASE("k-means errors", "[kmeans]") {
   CHECK_THROWS_AS(kmeans(pts, opt), quant::invalid_argument);
   opt.max_training_points = 0;
   xt::xtensor<float, 2> wrong = xt::zeros<float>({4, 3});
-  opt.initial_centroids = &wrong;
+  opt.initial_centroids = wrong;
   CHECK_THROWS_AS(kmeans(pts, opt), quant::length_error);
+  CHECK_THROWS_WITH(kmeans(pts, opt), Catch::Contains("quant::kmeans: initial_centroids = [4, 3]") &&
+                                          Catch::Contains("[k, d] = [4, 4]"));
+  xt::xtensor<float, 2> nonfinite = xt::zeros<float>({4, 4});
+  nonfinite(2, 1) = std::nanf("");
+  opt.initial_centroids = nonfinite;
+  CHECK_THROWS_AS(kmeans(pts, opt), quant::domain_error);
+  CHECK_THROWS_WITH(kmeans(pts, opt), Catch::Contains("quant::kmeans: initial_centroids = nan") &&
+                                          Catch::Contains("centroid 2"));
+  opt.initial_centroids.reset();
+  CHECK_NOTHROW(kmeans(pts, opt));
   CHECK_THROWS_AS(kmeans_assign(pts, wrong), quant::length_error);
 }
 

@@ -25,7 +25,7 @@
 // Public API
 //   kmeans_options { k = 256, iterations = 20, seed = 0, init = random_sample,
 //                    max_training_points = 0, empty_split_eps = 1e-6, gemm_min_dim = 32,
-//                    initial_centroids = nullptr }
+//                    initial_centroids = std::nullopt }
 //   kmeans_result kmeans(points [n, d], options)
 //       -> { centroids [k, d], assignments [n], objective (per iteration),
 //            final_objective, empty_splits, mse() = final_objective / (n d) }
@@ -42,6 +42,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <limits>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -71,7 +72,7 @@ struct kmeans_options {
   std::size_t max_training_points = 0;    // 0 = train on all points
   float empty_split_eps = 1e-6f;
   std::size_t gemm_min_dim = 32;          // d at or above which the E-step uses GEMM
-  const xt::xtensor<float, 2>* initial_centroids = nullptr;  // [k, d]; overrides init
+  std::optional<xt::xtensor<float, 2>> initial_centroids;  // [k, d] (a copy); overrides init when set
 };
 
 struct kmeans_result {
@@ -338,7 +339,7 @@ inline kmeans_result kmeans(const float* x, std::size_t n, std::size_t d, const 
                                    "must be 0 (all points) or >= k = " + std::to_string(k));
   if (!(opt.empty_split_eps > 0.0f && opt.empty_split_eps < 0.5f))
     detail::fail<invalid_argument>(fn, "empty_split_eps", opt.empty_split_eps, "must be in (0, 0.5)");
-  if (opt.initial_centroids != nullptr) {
+  if (opt.initial_centroids) {
     const auto& ic = *opt.initial_centroids;
     if (ic.shape()[0] != k || ic.shape()[1] != d)
       detail::fail<length_error>(fn, "initial_centroids", detail::shape_string(ic.shape()),
@@ -368,7 +369,7 @@ inline kmeans_result kmeans(const float* x, std::size_t n, std::size_t d, const 
   r.d = d;
   r.centroids = xt::xtensor<float, 2>::from_shape({k, d});
   float* c = r.centroids.data();
-  if (opt.initial_centroids != nullptr)
+  if (opt.initial_centroids)
     std::copy(opt.initial_centroids->data(), opt.initial_centroids->data() + k * d, c);
   else if (opt.init == kmeans_init::kmeans_plus_plus)
     detail::init_kmeans_pp(tx, tn, d, k, opt.seed, c);
