@@ -128,9 +128,8 @@ void check_quantize(const problem& pr, const Round& round, rounding_mode mode, b
   std::vector<Int> out(n + 16);
   std::copy(pr.x.begin(), pr.x.end(), in.begin() + pr.off_in);
   const auto plan = detail::make_segment_plan(pr.shape, pr.p, "fuzz");
-  const auto nans = kernels::quantize<Int, simd::default_arch, Round, Conv>(
-      in.data() + pr.off_in, out.data() + pr.off_out, plan, static_cast<float>(pr.p.qmin()),
-      static_cast<float>(pr.p.qmax()), round);
+  const auto nans =
+      kernels::quantize<Int, simd::default_arch, Round, Conv>(in.data() + pr.off_in, out.data() + pr.off_out, plan, round);
   fuzz::require(nans == 0, what + " kernel counted " + std::to_string(nans) + " NaNs in NaN-free input");
   fuzz::require_same_ints(out.data() + pr.off_out, want, n, what + " kernel, misaligned");
 }
@@ -172,12 +171,9 @@ void check_all(const problem& pr, const Round& round, rounding_mode mode) {
   std::vector<float> in(n + 16), out(n + 16, -1.0f);
   std::copy(pr.x.begin(), pr.x.end(), in.begin() + pr.off_in);
   const auto plan = detail::make_segment_plan(pr.shape, pr.p, "fuzz");
-  const float qmin = static_cast<float>(pr.p.qmin()), qmax = static_cast<float>(pr.p.qmax());
-  kernels::fake_quantize<simd::default_arch, Round, Conv>(in.data() + pr.off_in, out.data() + pr.off_out, plan, qmin,
-                                                          qmax, round);
+  kernels::fake_quantize<simd::default_arch, Round, Conv>(in.data() + pr.off_in, out.data() + pr.off_out, plan, round);
   fuzz::require_same_floats(out.data() + pr.off_out, want, n, "kernel fake_quantize, misaligned " + tag);
-  kernels::fake_quantize<simd::scalar, Round, Conv>(in.data() + pr.off_in, out.data() + pr.off_out, plan, qmin, qmax,
-                                                    round);
+  kernels::fake_quantize<simd::scalar, Round, Conv>(in.data() + pr.off_in, out.data() + pr.off_out, plan, round);
   fuzz::require_same_floats(out.data() + pr.off_out, want, n, "scalar kernel fake_quantize " + tag);
 
   bool any_nan = false;
@@ -191,8 +187,8 @@ void check_all(const problem& pr, const Round& round, rounding_mode mode) {
     std::vector<std::int32_t> q(n);
     std::size_t count = 0;
     for (float v : pr.x) count += v != v;
-    const auto nans = kernels::quantize<std::int32_t, simd::default_arch, Round, Conv>(in2.data(), q.data(), plan, qmin,
-                                                                                       qmax, round);
+    const auto nans =
+        kernels::quantize<std::int32_t, simd::default_arch, Round, Conv>(in2.data(), q.data(), plan, round);
     fuzz::require(nans == count, "kernel quantize NaN count " + std::to_string(nans) + ", NaN inputs " + std::to_string(count));
   }
 }

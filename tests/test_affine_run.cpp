@@ -46,7 +46,6 @@ void check_policy(rounding_mode mode, const qparams& p) {
   const std::size_t n = x.size();
   const auto want = ref::fake_quantize(x, {n}, p, mode, aimet, 5);
   const auto plan = detail::make_segment_plan(std::vector<std::size_t>{n}, p, "test");
-  const float qmin = static_cast<float>(p.qmin()), qmax = static_cast<float>(p.qmax());
   const Round r = [] {
     if constexpr (Round::is_stochastic)
       return Round{5};
@@ -54,8 +53,8 @@ void check_policy(rounding_mode mode, const qparams& p) {
       return Round{};
   }();
   std::vector<float> y(n), ys(n);
-  kernels::fake_quantize<simd::default_arch, Round, Convention>(x.data(), y.data(), plan, qmin, qmax, r);
-  kernels::fake_quantize<simd::scalar, Round, Convention>(x.data(), ys.data(), plan, qmin, qmax, r);
+  kernels::fake_quantize<simd::default_arch, Round, Convention>(x.data(), y.data(), plan, r);
+  kernels::fake_quantize<simd::scalar, Round, Convention>(x.data(), ys.data(), plan, r);
   const std::string what = std::string(Round::name()) + "/" + Convention::name();
   require_bitwise_equal(y, want, n, what + " SIMD");
   require_bitwise_equal(ys, want, n, what + " scalar");
@@ -73,8 +72,7 @@ void check_policy(rounding_mode mode, const qparams& p) {
   const auto qwant = ref::quantize(finite, {finite.size()}, p, mode, aimet, 5);
   const auto fplan = detail::make_segment_plan(std::vector<std::size_t>{finite.size()}, p, "test");
   std::vector<std::int32_t> q(finite.size());
-  CHECK(kernels::quantize<std::int32_t, simd::default_arch, Round, Convention>(finite.data(), q.data(), fplan, qmin,
-                                                                               qmax, r) == 0);
+  CHECK(kernels::quantize<std::int32_t, simd::default_arch, Round, Convention>(finite.data(), q.data(), fplan, r) == 0);
   for (std::size_t i = 0; i < q.size(); ++i) {
     if (q[i] != qwant[i]) {
       INFO(what << " quantize of " << finite[i] << ": got " << q[i] << " want " << qwant[i]);

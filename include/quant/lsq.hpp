@@ -561,7 +561,7 @@ xt::xarray<float> lsq_forward(const xt::xexpression<E>& x, const lsq_params& p) 
   xt::xarray<float> y = xt::xarray<float>::from_shape(in.shape());
   if (p.convention == lsq_convention::pytorch) {
     const auto seg = detail::make_segment_plan(in.shape(), *plan.torch_forward, "lsq_forward");
-    kernels::fake_quantize(in.data(), y.data(), seg, plan.qmin, plan.qmax);
+    kernels::fake_quantize(in.data(), y.data(), seg);
   } else {
     kernels::lsq_forward(in.data(), y.data(), plan);
   }

@@ -186,8 +186,7 @@ auto quant_noise(const xt::xexpression<E>& w, const quant_noise_options& opt, co
                                                           const std::uint8_t* m, float* y) {
     const auto plan = detail::make_segment_plan(in.shape(), noise.params, fn);
     std::vector<float> fq(in.size());
-    kernels::fake_quantize(in.data(), fq.data(), plan, static_cast<float>(noise.params.qmin()),
-                           static_cast<float>(noise.params.qmax()));
+    kernels::fake_quantize(in.data(), fq.data(), plan);
     const std::size_t B = blocks.block;
     for (std::size_t b = 0; b < blocks.count(); ++b)
       if (m[b]) std::copy(fq.begin() + b * B, fq.begin() + (b + 1) * B, y + b * B);

@@ -31,7 +31,6 @@
 
 #include <cstddef>
 #include <atomic>
-#include <cassert>
 #include <cstdint>
 #include <limits>
 #include <type_traits>
@@ -251,13 +250,11 @@ auto dequantize(E&& q, const qparams& p) {
 // ====================================================================================
 namespace kernels {
 
-// y = fake_quantize(x) over a whole plan; y may equal x (in place). `round` carries the
-// seed for stochastic rounding; element indices are flat tensor indices. qmin, qmax: the
-// grid of the qparams the plan was made from (the plan's tables carry it).
+// y = fake_quantize(x) over a whole plan (its tables carry the parameters and the grid);
+// y may equal x (in place). `round` carries the seed for stochastic rounding; element
+// indices are flat tensor indices.
 template <class Arch = simd::default_arch, class Round = round_half_to_even, class Convention = pytorch_convention>
-void fake_quantize(const float* x, float* y, const detail::segment_plan& plan, [[maybe_unused]] float qmin,
-                   [[maybe_unused]] float qmax, const Round& round = {}) noexcept {
-  assert(qmin == plan.qmin && qmax == plan.qmax);
+void fake_quantize(const float* x, float* y, const detail::segment_plan& plan, const Round& round = {}) noexcept {
   const detail::bounded_tables tables = detail::bounded_tables_of(plan);
   auto chunk = [&](auto stream, std::size_t begin, std::size_t end) {
     constexpr bool Stream = decltype(stream)::value;
@@ -294,9 +291,7 @@ void fake_quantize(const float* x, float* y, const detail::segment_plan& plan, [
 // unspecified; the callers throw).
 template <class Int, class Arch = simd::default_arch, class Round = round_half_to_even,
           class Convention = pytorch_convention>
-std::size_t quantize(const float* x, Int* q, const detail::segment_plan& plan, [[maybe_unused]] float qmin,
-                     [[maybe_unused]] float qmax, const Round& round = {}) noexcept {
-  assert(qmin == plan.qmin && qmax == plan.qmax);
+std::size_t quantize(const float* x, Int* q, const detail::segment_plan& plan, const Round& round = {}) noexcept {
   std::atomic<std::size_t> nan_total{0};  // an integer count: any order of additions is exact
   const detail::bounded_tables tables = detail::bounded_tables_of(plan);
   detail::for_each_chunk(plan, [&](std::size_t begin, std::size_t end) {
@@ -363,9 +358,7 @@ auto fake_quantize(const xt::xexpression<E>& x, const qparams& p, const Round& r
   using R = detail::result_container_t<E, float>;
   R out = R::from_shape(in.shape());
   detail::advise_huge_pages(out.data(), out.size() * sizeof(float));  // before the first write
-  kernels::fake_quantize<simd::default_arch, Round, Convention>(in.data(), out.data(), plan,
-                                                                 static_cast<float>(p.qmin()),
-                                                                 static_cast<float>(p.qmax()), round);
+  kernels::fake_quantize<simd::default_arch, Round, Convention>(in.data(), out.data(), plan, round);
   return out;
 }
 
@@ -383,9 +376,7 @@ void fake_quantize(const xt::xexpression<E>& x, const qparams& p, O& out, const 
   } else {
     in.separate_from(out.data(), out.size());
   }
-  kernels::fake_quantize<simd::default_arch, Round, Convention>(in.data(), out.data(), plan,
-                                                                 static_cast<float>(p.qmin()),
-                                                                 static_cast<float>(p.qmax()), round);
+  kernels::fake_quantize<simd::default_arch, Round, Convention>(in.data(), out.data(), plan, round);
 }
 
 // Integer quantize into a new container of Int. Throws quant::domain_error on NaN input.
@@ -397,8 +388,8 @@ auto quantize(const xt::xexpression<E>& x, const qparams& p, const Round& round 
   const auto plan = detail::make_segment_plan(in.shape(), p, fn);
   using R = detail::result_container_t<E, Int>;
   R out = R::from_shape(in.shape());
-  const std::size_t nans = kernels::quantize<Int, simd::default_arch, Round, Convention>(
-      in.data(), out.data(), plan, static_cast<float>(p.qmin()), static_cast<float>(p.qmax()), round);
+  const std::size_t nans =
+      kernels::quantize<Int, simd::default_arch, Round, Convention>(in.data(), out.data(), plan, round);
   if (nans) detail::fail<domain_error>(fn, "x", std::to_string(nans) + " NaN values", "NaN has no integer representation");
   return out;
 }
