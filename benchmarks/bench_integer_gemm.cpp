@@ -214,7 +214,7 @@ void weights_read(benchmark::State& state) {
   std::vector<std::uint64_t> part(pieces);
   const auto t0 = std::chrono::steady_clock::now();
   for (auto _ : state) {
-    quant::detail::parallel_for(pieces, bytes, [&](std::size_t t) {
+    quant::parallel_for(pieces, bytes, [&](std::size_t t) {
       const std::uint8_t* p = v.data() + t * piece;
       const std::size_t len = std::min(piece, bytes - t * piece);
 #if defined(__AVX2__)
