@@ -198,7 +198,7 @@ void fused_pass(benchmark::State& state) {
   const int phase = static_cast<int>(state.range(2));
   const auto& d = data();
   const auto plan = quant::detail::make_segment_plan(d.w.shape(), d.p, "bench");
-  xt::xtensor<float, 2> v = quant::adaround_init(d.w, d.p);
+  xt::xtensor<float, 2> v = quant::eager::adaround_init(d.w, d.p);
   if (phase == 2) {
     const auto u = quant_bench::normal_data(v.size(), 4, 1.0f);
     for (std::size_t i = 0; i < v.size(); ++i)
