@@ -10,7 +10,8 @@
 // absorption; + CLE + absorption + empirical bias correction; one analytic bias-correction
 // row; per-channel RTN for reference; AdaRound after CLE at W4A8. The note gives the largest
 // per-layer channel-range spread (max over channels / min over channels of max |W[c, ...]|)
-// after folding -> after CLE.
+// after folding -> after CLE. Last, the integer rows of integer_rows.hpp (per-channel W8A8
+// and W4A8, as for the MLP and the CNN).
 #pragma once
 
 #include <algorithm>
@@ -30,20 +31,6 @@
 #include "report.hpp"
 
 namespace examples {
-
-// A split as the runner takes it: images [n, 1, 28, 28], labels int64.
-struct nchw_split {
-  xt::xarray<float> x;
-  std::vector<std::int64_t> labels;
-};
-
-inline nchw_split to_nchw(const split_tensors& s) {
-  nchw_split out;
-  out.x = xt::xarray<float>::from_shape({s.size(), 1, 28, 28});
-  std::copy(s.x.begin(), s.x.end(), out.x.begin());
-  out.labels.assign(s.labels.begin(), s.labels.end());
-  return out;
-}
 
 struct bn_context {
   const model& fp32;  // the trained bnnet as a bundle (BN layers unfolded)
@@ -175,6 +162,10 @@ inline std::vector<bn_row_def> bn_row_registry() {
                     o.adaround.seed = c.seed;
                     return run_bn_ptq(c, "CLE+AdaRound", "CLE+AdaRound", o);
                   }});
+  // The integer model beside its float and exact simulations (integer_rows.hpp).
+  for (int b : {8, 4})
+    rows.push_back({wa_label("integer per-channel", b, 8),
+                    [=](const bn_context& c) { return integer_proof_row("bnnet", c.fp32, c.calib.x, c.test, b); }});
   return rows;
 }
 

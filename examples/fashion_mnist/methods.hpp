@@ -32,6 +32,8 @@
 #include <quant/uniform.hpp>
 
 #include "../common/ptq_pipeline.hpp"
+#include "bundle_export.hpp"
+#include "integer_rows.hpp"
 #include "report.hpp"
 #include "trainer.hpp"
 
@@ -488,6 +490,14 @@ inline std::vector<row_def> row_registry() {
                       plus == (b == 2)});
   // KURE against the plain network, Quant-Noise + iPQ (MLP only): compression_methods.hpp.
   add_compression_rows(rows);
+  // The integer model beside its float and exact simulations (integer_rows.hpp); --quick keeps
+  // the MLP's W8A8.
+  for (int b : {8, 4})
+    rows.push_back({all, wa_label("integer per-channel", b, 8),
+                    [=](const model_context& c) {
+                      return integer_proof_row(c.fp32.name, to_bundle(c.fp32), to_nchw(c.calib).x, to_nchw(c.test), b);
+                    },
+                    b == 8});
   return rows;
 }
 

@@ -4,6 +4,7 @@
 
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -12,6 +13,7 @@
 #include <vector>
 
 #include <quant/optim.hpp>
+#include <xtensor/xarray.hpp>
 
 #include "../common/idx_reader.hpp"
 #include "../common/npy_io.hpp"
@@ -39,6 +41,20 @@ inline split_tensors to_tensors(const dataset_split& s) {
     t.x.data()[i] = (static_cast<float>(s.images.pixels[i]) * (1.0f / 255.0f) - fmnist_mean) * inv;
   t.labels = s.labels.labels;
   return t;
+}
+
+// The same split as model bundles take it (bundle_export.hpp): images [n, 1, 28, 28], labels int64.
+struct nchw_split {
+  xt::xarray<float> x;
+  std::vector<std::int64_t> labels;
+};
+
+inline nchw_split to_nchw(const split_tensors& s) {
+  nchw_split out;
+  out.x = xt::xarray<float>::from_shape({s.size(), 1, 28, 28});
+  std::copy(s.x.begin(), s.x.end(), out.x.begin());
+  out.labels.assign(s.labels.begin(), s.labels.end());
+  return out;
 }
 
 // Rows idx[first .. first+count) of x, as a batch.
