@@ -1,6 +1,9 @@
 #include <quant/lsq.hpp>
 #include <quant/reference/lsq.hpp>
 
+#include <algorithm>
+#include <type_traits>
+
 #include <xtensor/xadapt.hpp>
 
 #include "test_helpers.hpp"
@@ -44,14 +47,14 @@ void check_against_reference(const std::vector<float>& x, const std::vector<floa
   require_bitwise_equal(eager::lsq_forward(xa, p), want.y, n, what + " forward");
   const auto r = eager::lsq_forward_backward(xa, da, p);
   require_bitwise_equal(r.y, want.y, n, what + " fused y");
-  require_bitwise_equal(r.grad.dx, want.dx, n, what + " fused dx");
-  require_sum_close(r.grad.dscale, want.dscale, want.dscale_abs, what + " dscale");
-  REQUIRE(r.grad.doffset.size() == want.doffset.size());
-  if (!want.doffset.empty()) require_sum_close(r.grad.doffset, want.doffset, want.doffset_abs, what + " doffset");
+  require_bitwise_equal(r.dx, want.dx, n, what + " fused dx");
+  require_sum_close(r.dscale, want.dscale, want.dscale_abs, what + " dscale");
+  REQUIRE(r.doffset.size() == want.doffset.size());
+  if (!want.doffset.empty()) require_sum_close(r.doffset, want.doffset, want.doffset_abs, what + " doffset");
   const auto b = eager::lsq_backward(xa, da, p);
   require_bitwise_equal(b.dx, want.dx, n, what + " backward dx");
-  CHECK(b.dscale == r.grad.dscale);
-  CHECK(b.doffset == r.grad.doffset);
+  CHECK(b.dscale == r.dscale);
+  CHECK(b.doffset == r.doffset);
   // the scalar instantiation of the same kernel
   const auto plan = detail::make_lsq_plan(shape, p, "test");
   std::vector<float> ys(n), dxs(n);
@@ -94,7 +97,7 @@ TEST_CASE("LSQ / LSQ+ fused kernel matches the reference, every size and alignme
           const auto r = eager::lsq_forward_backward(xt::adapt(xp, n, xt::no_ownership(), shape),
                                                      xt::adapt(gp, n, xt::no_ownership(), shape), p);
           require_bitwise_equal(r.y, want.y, n, what + " eager y, misaligned");
-          require_bitwise_equal(r.grad.dx, want.dx, n, what + " eager dx, misaligned");
+          require_bitwise_equal(r.dx, want.dx, n, what + " eager dx, misaligned");
           const auto plan = detail::make_lsq_plan(shape, p, "test");
           std::vector<float> yb(n + 32), dxb(n + 32);
           float* yp = quant_test::at_misalignment(yb, (offset + 1) % 16);
@@ -272,13 +275,13 @@ TEST_CASE("LSQ gradients equal finite differences of the straight-through surrog
     auto da = xt::adapt(dyf, su.shape);
     const auto r = eager::lsq_forward_backward(xa, da, p);
     for (std::size_t e = 0; e < n; ++e) {
-      REQUIRE(r.grad.dx[e] == static_cast<float>(exact.dx[e]));
+      REQUIRE(r.dx[e] == static_cast<float>(exact.dx[e]));
       REQUIRE(r.y[e] == Approx(exact.y[e]).epsilon(1e-6).margin(1e-7));
     }
     const auto fl = ref::lsq(xf, dyf, su.shape, p);
     for (std::size_t j = 0; j < np; ++j) {
-      CHECK(std::fabs(r.grad.dscale[j] - exact.dscale[j]) <= 1e-5 * fl.dscale_abs[j] + 1e-12);
-      CHECK(std::fabs(r.grad.doffset[j] - exact.doffset[j]) <= 1e-5 * fl.doffset_abs[j] + 1e-12);
+      CHECK(std::fabs(r.dscale[j] - exact.dscale[j]) <= 1e-5 * fl.dscale_abs[j] + 1e-12);
+      CHECK(std::fabs(r.doffset[j] - exact.doffset[j]) <= 1e-5 * fl.doffset_abs[j] + 1e-12);
     }
   }
 }
@@ -317,10 +320,10 @@ TEST_CASE("LSQ closed forms: hand-computed gradients", "[lsq]") {
   CHECK(r.y(1) == -3.0f * 0.5f + 0.25f);
   CHECK(r.y(2) == 7.0f * 0.5f + 0.25f);
   CHECK(r.y(3) == -8.0f * 0.5f + 0.25f);
-  CHECK((r.grad.dx == xt::xarray<float>{1.0f, 2.0f, 0.0f, 0.0f}));
+  CHECK((r.dx == xt::xarray<float>{1.0f, 2.0f, 0.0f, 0.0f}));
   // ds = 1 * (1 - 1.2) + 2 * (-3 + 2.7) + 3 * 7 + 4 * (-8) = -0.2 - 0.6 + 21 - 32
-  CHECK(r.grad.dscale[0] == Approx(-11.8).epsilon(1e-6));
-  CHECK(r.grad.doffset[0] == Approx(7.0).epsilon(1e-6));  // dy outside: 3 + 4
+  CHECK(r.dscale[0] == Approx(-11.8).epsilon(1e-6));
+  CHECK(r.doffset[0] == Approx(7.0).epsilon(1e-6));  // dy outside: 3 + 4
   // LSQ (no offset) with beta = 0 equals LSQ+ with beta = 0, and has no offset gradient
   lsq_params lsq = make_params(grid::int_signed(4), {0.5f}, {}, std::nullopt);
   lsq_params plus0 = make_params(grid::int_signed(4), {0.5f}, {0.0f}, std::nullopt);
@@ -358,13 +361,13 @@ TEST_CASE("LSQ reductions are identical for 1 and 2 threads", "[lsq]") {
       const auto b = eager::lsq_forward_backward(xa, da, p);
       set_num_threads(0);
       require_bitwise_equal(a.y, b.y, n, "y");
-      require_bitwise_equal(a.grad.dx, b.grad.dx, n, "dx");
-      CHECK(a.grad.dscale == b.grad.dscale);
-      CHECK(a.grad.doffset == b.grad.doffset);
+      require_bitwise_equal(a.dx, b.dx, n, "dx");
+      CHECK(a.dscale == b.dscale);
+      CHECK(a.doffset == b.doffset);
       // and the long compensated sums are as accurate as promised
       const auto want = ref::lsq(x, dy, shape, p);
-      require_sum_close(a.grad.dscale, want.dscale, want.dscale_abs, "dscale");
-      require_sum_close(a.grad.doffset, want.doffset, want.doffset_abs, "doffset");
+      require_sum_close(a.dscale, want.dscale, want.dscale_abs, "dscale");
+      require_sum_close(a.doffset, want.doffset, want.doffset_abs, "doffset");
     }
   }
 }
@@ -467,6 +470,89 @@ TEST_CASE("LSQ validates its parameters and shapes", "[lsq][errors]") {
   CHECK(r.doffset == std::vector<float>{0.0f});
 }
 
+TEST_CASE("lsq_forward into a caller-provided tensor equals the returning form bit for bit", "[lsq][out]") {
+  // 6 x 3 x 4000 = 72000 elements: above parallel_min_elements, several pieces per run, and
+  // runs of 4000 (full packs and a tail) per channel along axis 1.
+  const std::vector<std::size_t> shape{6, 3, 4000};
+  const std::size_t n = 6 * 3 * 4000;
+  auto xv = quant_test::normal_floats(n, 77, 1.5f);
+  const auto ties = quant_test::tie_floats(n, 0.125f, 12);
+  for (std::size_t i = 0; i < n; i += 4) xv[i] = ties[i];
+  const std::vector<float> no_dy(n, 0.0f);
+  const xt::xarray<float> x = xt::adapt(xv, shape);
+  const std::vector<std::pair<std::string, lsq_params>> cases = {
+      {"paper LSQ per tensor", make_params(grid::int_signed(4), {0.125f}, {}, std::nullopt)},
+      {"paper LSQ+ per channel", make_params(grid::int_unsigned(4), {0.1f, 0.2f, 0.15f}, {-0.3f, 0.1f, 0.0f}, 1)},
+      {"pytorch per tensor, zero point 2.5",
+       make_params(grid::int_unsigned(8), {0.02f}, {2.5f}, std::nullopt, lsq_convention::pytorch)},
+      {"pytorch per channel", make_params(grid::int_signed(8), {0.01f, 0.02f, 0.03f, 0.04f, 0.05f, 0.06f},
+                                          {-3.0f, 0.0f, 1.5f, 2.0f, 7.0f, -0.5f}, 0, lsq_convention::pytorch)},
+  };
+  for (const auto& [name, p] : cases) {
+    DYNAMIC_SECTION(name) {
+      const xt::xarray<float> returned = eager::lsq_forward(x, p);
+      const auto want = ref::lsq(xv, no_dy, shape, p);  // scalar reference, straight from the formula
+      require_bitwise_equal(returned.data(), want.y, n, name + ": returning form vs reference");
+      SECTION("into an xarray, for 1 and 2 threads") {
+        for (int threads : {1, 2}) {
+          xt::xarray<float> y = xt::xarray<float>::from_shape(shape);
+          y.fill(-7.0f);
+          quant_test::with_threads(threads, [&] {
+            eager::lsq_forward(x, p, y);
+            return 0;
+          });
+          REQUIRE(std::vector<std::size_t>(y.shape().begin(), y.shape().end()) == shape);
+          require_bitwise_equal(y.data(), returned.data(), n, name + ": " + std::to_string(threads) + " thread(s)");
+        }
+      }
+      SECTION("into an xtensor of the same shape, from a lazy expression") {
+        xt::xtensor<float, 3> y = xt::xtensor<float, 3>::from_shape({6, 3, 4000});
+        eager::lsq_forward(x * 1.0f, p, y);
+        require_bitwise_equal(y.data(), returned.data(), n, name + ": xtensor");
+      }
+      SECTION("in place (y is x)") {
+        xt::xarray<float> y = x;
+        eager::lsq_forward(y, p, y);
+        require_bitwise_equal(y.data(), returned.data(), n, name + ": in place");
+      }
+      SECTION("a y of another shape or rank is rejected before anything is written") {
+        xt::xarray<float> transposed = xt::xarray<float>::from_shape({6, 4000, 3});
+        transposed.fill(-7.0f);
+        CHECK_THROWS_AS(eager::lsq_forward(x, p, transposed), quant::length_error);
+        CHECK_THROWS_WITH(eager::lsq_forward(x, p, transposed),
+                          "quant::lsq_forward: y.shape = [6, 4000, 3]: must equal the shape of x, [6, 3, 4000]");
+        CHECK(std::all_of(transposed.begin(), transposed.end(), [](float v) { return v == -7.0f; }));
+        xt::xtensor<float, 2> flat = xt::xtensor<float, 2>::from_shape({18, 4000});
+        CHECK_THROWS_WITH(eager::lsq_forward(x, p, flat), Catch::StartsWith("quant::lsq_forward: y.shape = [18, 4000]"));
+        xt::xarray<float> empty;
+        CHECK_THROWS_AS(eager::lsq_forward(x, p, empty), quant::length_error);
+      }
+    }
+  }
+}
+
+TEST_CASE("LSQ results: one type per form, each extending the parameter gradients", "[lsq]") {
+  static_assert(std::is_base_of<lsq_param_gradients, lsq_gradients>::value, "");
+  static_assert(std::is_base_of<lsq_gradients, lsq_forward_backward_result>::value, "");
+  const xt::xarray<float> x = {0.3f, -1.4f, 9.0f, 0.05f};
+  const xt::xarray<float> dy = {1.0f, -2.0f, 0.5f, 4.0f};
+  const lsq_params p = make_params(grid::int_signed(4), {0.5f}, {0.25f}, std::nullopt);
+  xt::xarray<float> y, dx, dx2;
+  const lsq_param_gradients into = eager::lsq_forward_backward(x, dy, p, y, dx);
+  const lsq_param_gradients into_backward = eager::lsq_backward(x, dy, p, dx2);
+  const lsq_gradients backward = eager::lsq_backward(x, dy, p);
+  const lsq_forward_backward_result fused = eager::lsq_forward_backward(x, dy, p);
+  for (const lsq_param_gradients* g : {&into_backward, static_cast<const lsq_param_gradients*>(&backward),
+                                       static_cast<const lsq_param_gradients*>(&fused)}) {
+    CHECK(g->dscale == into.dscale);
+    CHECK(g->doffset == into.doffset);
+  }
+  require_bitwise_equal(backward.dx, dx, 4, "backward dx");
+  require_bitwise_equal(fused.dx, dx, 4, "fused dx");
+  require_bitwise_equal(dx2, dx, 4, "out-parameter backward dx");
+  require_bitwise_equal(fused.y, y, 4, "fused y");
+}
+
 // ---- PyTorch golden data (tools/torch_golden.py) -------------------------------------
 
 TEST_CASE("PyTorch convention matches torch._fake_quantize_learnable_per_*_affine", "[lsq][torch]") {
@@ -489,11 +575,11 @@ TEST_CASE("PyTorch convention matches torch._fake_quantize_learnable_per_*_affin
     require_bitwise_equal(eager::lsq_forward(xa, p), c["y"], n, "forward");
     const auto r = eager::lsq_forward_backward(xa, da, p);
     require_bitwise_equal(r.y, c["y"], n, "fused forward");
-    require_bitwise_equal(r.grad.dx, c["dx"], n, "dx");
+    require_bitwise_equal(r.dx, c["dx"], n, "dx");
     const auto want = ref::lsq(c["x"], c["dy"], c.shape, p);
     require_bitwise_equal(want.y, c["y"], n, "ref forward");
-    for (const auto& [ours, theirs] : {std::make_pair(&r.grad.dscale, &c["dscale"]),
-                                       std::make_pair(&r.grad.doffset, &c["dzero_point"])}) {
+    for (const auto& [ours, theirs] : {std::make_pair(&r.dscale, &c["dscale"]),
+                                       std::make_pair(&r.doffset, &c["dzero_point"])}) {
       REQUIRE(ours->size() == theirs->size());
       for (std::size_t j = 0; j < ours->size(); ++j) {
         const double a = (*ours)[j], b = (*theirs)[j];
@@ -537,11 +623,11 @@ TEST_CASE("PyTorch convention rounds zero_point + x * inv_scale once, as PyTorch
       const auto r = eager::lsq_forward_backward(xa, da, p);
       quant::set_num_threads(0);
       require_bitwise_equal(r.y, c["y"], n, "y");
-      require_bitwise_equal(r.grad.dx, c["dx"], n, "dx");
+      require_bitwise_equal(r.dx, c["dx"], n, "dx");
       for (std::size_t j = 0; j < params; ++j) {
         INFO("element " << j << " x " << c["x"][j] << " threads " << threads);
-        CHECK(r.grad.dscale[j] == c["dscale"][j]);
-        CHECK(r.grad.doffset[j] == c["dzero_point"][j]);
+        CHECK(r.dscale[j] == c["dscale"][j]);
+        CHECK(r.doffset[j] == c["dzero_point"][j]);
         CHECK(static_cast<float>(want_ref.dscale[j]) == c["dscale"][j]);
         CHECK(static_cast<float>(want_ref.doffset[j]) == c["dzero_point"][j]);
         CHECK(want_ref.dx[j] == c["dx"][j]);
@@ -587,14 +673,14 @@ TEST_CASE("LSQ NaN policy: NaN x gives y = NaN, dx = 0 and a NaN gradient for it
     const auto da = xt::adapt(dy, std::vector<std::size_t>{rows, cols});
     const auto r = eager::lsq_forward_backward(xa, da, p);
     CHECK(std::isnan(r.y.flat(7)));
-    CHECK(r.grad.dx.flat(7) == 0.0f);
-    REQUIRE(r.grad.dscale.size() == 2);
-    CHECK(std::isnan(r.grad.dscale[0]));
-    CHECK(std::isfinite(r.grad.dscale[1]));
+    CHECK(r.dx.flat(7) == 0.0f);
+    REQUIRE(r.dscale.size() == 2);
+    CHECK(std::isnan(r.dscale[0]));
+    CHECK(std::isfinite(r.dscale[1]));
     // every other element as without the NaN
     const auto want = ref::lsq(x, dy, {rows, cols}, p);
     require_bitwise_equal(r.y, want.y, x.size(), "y");
-    require_bitwise_equal(r.grad.dx, want.dx, x.size(), "dx");
+    require_bitwise_equal(r.dx, want.dx, x.size(), "dx");
     // the forward alone passes NaN too
     CHECK(std::isnan(eager::lsq_forward(xa, p).flat(7)));
   }

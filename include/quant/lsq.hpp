@@ -98,20 +98,26 @@ struct lsq_params {
   bool has_offset() const noexcept { return !offset.empty(); }
 };
 
+// What the gradient entry points return: one type per form, each adding to the one before
+// the tensors that form allocates (so code that consumes parameter gradients takes any):
+//   lsq_param_gradients          lsq_backward(x, dy, p, dx), lsq_forward_backward(x, dy, p, y, dx)
+//   lsq_gradients                lsq_backward(x, dy, p)
+//   lsq_forward_backward_result  lsq_forward_backward(x, dy, p)
+
 // Gradients w.r.t. the scales and offsets, summed per scale (g already applied).
 struct lsq_param_gradients {
   std::vector<float> dscale;   // one per scale
   std::vector<float> doffset;  // one per scale; empty when lsq_params::offset is empty
 };
 
-struct lsq_gradients {
+// ... and w.r.t. x (shape of x).
+struct lsq_gradients : lsq_param_gradients {
   xt::xarray<float> dx;
-  std::vector<float> dscale, doffset;
 };
 
-struct lsq_forward_backward_result {
+// ... and the forward output x_hat (shape of x).
+struct lsq_forward_backward_result : lsq_gradients {
   xt::xarray<float> y;
-  lsq_gradients grad;
 };
 
 // The gradient scale g = 1 / sqrt(N * qmax) that `p` applies for an input of n elements
@@ -538,6 +544,17 @@ inline lsq_param_gradients finish_lsq_gradients(const lsq_params& p, std::size_t
   return r;
 }
 
+// y = LSQ forward of x (contiguous, `shape`); y may equal x.
+template <class S>
+void lsq_forward_into(const float* x, float* y, const S& shape, const lsq_plan& plan) {
+  if (plan.torch_forward) {
+    const auto seg = make_segment_plan(shape, *plan.torch_forward, "lsq_forward");
+    kernels::fake_quantize(x, y, seg);
+  } else {
+    kernels::lsq_forward(x, y, plan);
+  }
+}
+
 template <class O, class S>
 void resize_like(O& out, const S& shape) {
   static_assert(is_row_major_float_container<O>::value, "outputs must be row-major float containers");
@@ -559,13 +576,22 @@ xt::xarray<float> lsq_forward(const xt::xexpression<E>& x, const lsq_params& p) 
   const auto in = detail::as_contiguous(x);
   const auto plan = detail::make_lsq_plan(in.shape(), p, "lsq_forward");
   xt::xarray<float> y = xt::xarray<float>::from_shape(in.shape());
-  if (p.convention == lsq_convention::pytorch) {
-    const auto seg = detail::make_segment_plan(in.shape(), *plan.torch_forward, "lsq_forward");
-    kernels::fake_quantize(in.data(), y.data(), seg);
-  } else {
-    kernels::lsq_forward(in.data(), y.data(), plan);
-  }
+  detail::lsq_forward_into(in.data(), y.data(), in.shape(), plan);
   return y;
+}
+
+// The same forward into a caller-provided y, a row-major float container of x's shape (it
+// is not resized: a training loop reuses it; it may be x itself). Throws
+// quant::length_error naming y.shape when the shapes differ, before writing anything.
+template <class E, class O>
+void lsq_forward(const xt::xexpression<E>& x, const lsq_params& p, O& y) {
+  static_assert(detail::is_row_major_float_container<O>::value, "y must be a row-major float container");
+  const char* fn = "lsq_forward";
+  auto in = detail::as_contiguous(x);
+  detail::check_same_shape(in.shape(), y.shape(), fn, "y.shape");
+  const auto plan = detail::make_lsq_plan(in.shape(), p, fn);
+  in.separate_from(y.data(), y.size());  // a view of x overlapping y at a shift is read from a copy
+  detail::lsq_forward_into(in.data(), y.data(), in.shape(), plan);
 }
 
 // Fused backward into a caller-provided dx (resized if needed; may alias dy): reads x and
@@ -589,9 +615,7 @@ lsq_param_gradients lsq_backward(const xt::xexpression<E>& x, const xt::xexpress
 template <class E, class D>
 lsq_gradients lsq_backward(const xt::xexpression<E>& x, const xt::xexpression<D>& dy, const lsq_params& p) {
   lsq_gradients r;
-  auto pg = lsq_backward(x, dy, p, r.dx);
-  r.dscale = std::move(pg.dscale);
-  r.doffset = std::move(pg.doffset);
+  static_cast<lsq_param_gradients&>(r) = lsq_backward(x, dy, p, r.dx);
   return r;
 }
 
@@ -618,9 +642,7 @@ template <class E, class D>
 lsq_forward_backward_result lsq_forward_backward(const xt::xexpression<E>& x, const xt::xexpression<D>& dy,
                                                  const lsq_params& p) {
   lsq_forward_backward_result r;
-  auto pg = lsq_forward_backward(x, dy, p, r.y, r.grad.dx);
-  r.grad.dscale = std::move(pg.dscale);
-  r.grad.doffset = std::move(pg.doffset);
+  static_cast<lsq_param_gradients&>(r) = lsq_forward_backward(x, dy, p, r.y, r.dx);
   return r;
 }
 

@@ -293,13 +293,13 @@ int main() {
     add(name + "/y_dx", true, [&, p](fnv1a& h) {
       const auto r = eager::lsq_forward_backward(x_obs.view(shape), dy.view(shape), p);
       h.container(r.y);
-      h.container(r.grad.dx);
+      h.container(r.dx);
     });
     // documented: a scalar build sums the reduced gradients in another order
     add(name + "/dscale_doffset", false, [&, p](fnv1a& h) {
       const auto r = eager::lsq_forward_backward(x_obs.view(shape), dy.view(shape), p);
-      h.container(r.grad.dscale);
-      h.container(r.grad.doffset);
+      h.container(r.dscale);
+      h.container(r.doffset);
     });
   }
   add("lsq_init_scale/channel0", true,
