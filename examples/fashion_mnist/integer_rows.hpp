@@ -50,6 +50,9 @@ struct integer_check {
 inline integer_check check_integer_model(const integer_model& im, const xt::xarray<float>& x,
                                          const std::vector<std::int64_t>& labels, std::size_t batch = 256,
                                          std::size_t slice_batches = 4) {
+  if (batch == 0 || slice_batches == 0)
+    throw std::invalid_argument("check_integer_model: batch = " + std::to_string(batch) +
+                                ", slice_batches = " + std::to_string(slice_batches) + ": both must be positive");
   const std::size_t N = x.shape()[0], in_size = N ? x.size() / N : 0, slice = batch * slice_batches;
   if (labels.size() != N)
     throw std::length_error("check_integer_model: " + std::to_string(N) + " samples, " + std::to_string(labels.size()) +
