@@ -37,8 +37,15 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 cmake -S fuzz -B "$build" -DCMAKE_CXX_COMPILER=clang++-14 >/dev/null
-# shellcheck disable=SC2086
-cmake --build "$build" -j "${JOBS:-$(nproc)}" --target $fuzzers
+# All harnesses: the default target, so that make compiles JOBS of them at once (CMake's
+# top-level Makefile builds several --target goals one after the other: 9 min instead of ~5
+# for the 13 harnesses on 2 cores). A subset: just those targets.
+if [ -z "${FUZZERS:-}" ]; then
+  cmake --build "$build" -j "${JOBS:-$(nproc)}"
+else
+  # shellcheck disable=SC2086
+  cmake --build "$build" -j "${JOBS:-$(nproc)}" --target $fuzzers
+fi
 
 bin="$(cd "$build" && pwd)"
 run_jobs="${RUN_JOBS:-$(nproc)}"
