@@ -392,20 +392,31 @@ void integer_gemm(const Act* x, std::size_t n, std::size_t ldx, const integer_ge
   layer.template run<Arch>(x, n, ldx, y, ldy);
 }
 
+namespace detail {
+namespace igemm {
+
+// The xtensor forms' one body: bias = bias_size values at bias (0: none).
+template <class Out, class Arch, class Act>
+xt::xtensor<Out, 2> integer_gemm_tensor(const xt::xtensor<Act, 2>& x, int x_zero_point, const packed_weights& w,
+                                        const std::int32_t* bias, std::size_t bias_size, const requantize_params& rq) {
+  const char* fn = "integer_gemm";
+  if (x.shape()[1] != w.k)
+    fail<length_error>(fn, "x.shape()", shape_string(x.shape()), "must be [N, K] with K = w.k = " + std::to_string(w.k));
+  if (bias_size != 0 && bias_size != w.out)
+    fail<length_error>(fn, "bias.size()", bias_size, "must be 0 or out = " + std::to_string(w.out));
+  xt::xtensor<Out, 2> y = xt::xtensor<Out, 2>::from_shape({x.shape()[0], w.out});
+  integer_gemm<Arch>(x.data(), x.shape()[0], w.k, x_zero_point, w, bias_size ? bias : nullptr, rq, y.data(), w.out);
+  return y;
+}
+
+}  // namespace igemm
+}  // namespace detail
+
 // xtensor form: x [N, K] -> y [N, out] of Out (int8_t or uint8_t); bias empty or [out].
 template <class Out, class Arch = simd::default_arch, class Act>
 xt::xtensor<Out, 2> integer_gemm(const xt::xtensor<Act, 2>& x, int x_zero_point, const packed_weights& w,
                                  const xt::xtensor<std::int32_t, 1>& bias, const requantize_params& rq) {
-  const char* fn = "integer_gemm";
-  if (x.shape()[1] != w.k)
-    detail::fail<length_error>(fn, "x.shape()", detail::shape_string(x.shape()),
-                               "must be [N, K] with K = w.k = " + std::to_string(w.k));
-  if (bias.size() != 0 && bias.size() != w.out)
-    detail::fail<length_error>(fn, "bias.size()", bias.size(), "must be 0 or out = " + std::to_string(w.out));
-  xt::xtensor<Out, 2> y = xt::xtensor<Out, 2>::from_shape({x.shape()[0], w.out});
-  integer_gemm<Arch>(x.data(), x.shape()[0], w.k, x_zero_point, w, bias.size() ? bias.data() : nullptr, rq, y.data(),
-                     w.out);
-  return y;
+  return detail::igemm::integer_gemm_tensor<Out, Arch>(x, x_zero_point, w, bias.data(), bias.size(), rq);
 }
 
 // The same with the bias as quantize_bias returns it (std::vector, empty or [out]; the
@@ -413,9 +424,7 @@ xt::xtensor<Out, 2> integer_gemm(const xt::xtensor<Act, 2>& x, int x_zero_point,
 template <class Out, class Arch = simd::default_arch, class Act, class Allocator>
 xt::xtensor<Out, 2> integer_gemm(const xt::xtensor<Act, 2>& x, int x_zero_point, const packed_weights& w,
                                  const std::vector<std::int32_t, Allocator>& bias, const requantize_params& rq) {
-  xt::xtensor<std::int32_t, 1> b = xt::xtensor<std::int32_t, 1>::from_shape({bias.size()});
-  std::copy(bias.begin(), bias.end(), b.begin());
-  return integer_gemm<Out, Arch>(x, x_zero_point, w, b, rq);
+  return detail::igemm::integer_gemm_tensor<Out, Arch>(x, x_zero_point, w, bias.data(), bias.size(), rq);
 }
 
 }  // namespace quant
