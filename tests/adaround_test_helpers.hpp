@@ -16,6 +16,13 @@
 
 namespace quant_test {
 
+// True where V is close enough to |V| = log 11 (h(V) = clip(1.2 sigmoid(V) - 0.1, 0, 1)
+// reaches 0 or 1) that a difference quotient or float rounding may straddle the jump of h'.
+inline bool near_h_kink(double v) {
+  const double u = 1.2 / (1.0 + std::exp(-v)) - 0.1;
+  return std::fabs(u) < 1e-5 || std::fabs(u - 1.0) < 1e-5;
+}
+
 // floor(W/s) + z, the fused pass's `base`, for W laid out by `plan`.
 inline xt::xtensor<float, 2> floor_base(const xt::xtensor<float, 2>& w, const quant::detail::segment_plan& plan) {
   xt::xtensor<float, 2> base = xt::xtensor<float, 2>::from_shape(w.shape());

@@ -162,4 +162,7 @@ inline double relative_difference(const std::vector<double>& a, const std::vecto
   return m > 0 ? d / m : d;
 }
 
+// The values of a float vector in double, for comparisons against double references.
+inline std::vector<double> to_vector(const xt::xtensor<float, 1>& v) { return std::vector<double>(v.begin(), v.end()); }
+
 }  // namespace quant_test

@@ -418,12 +418,7 @@ double ref_reg_grad(double v, double beta) {
   if (!(p >= std::exp(-80.0))) return 0.0;
   return -2.0 * beta * (t < 0.0 ? -p : p) * ref_h_prime(v);
 }
-// True where V is close enough to |V| = log 11 (h reaches 0 or 1) that a difference
-// quotient or float rounding may straddle the jump of h'.
-bool near_h_kink(double v) {
-  const double u = ref_stretched(v);
-  return std::fabs(u) < 1e-5 || std::fabs(u - 1.0) < 1e-5;
-}
+using quant_test::near_h_kink;
 
 // One Adam step in double from Kingma & Ba's formula with the options' (float)
 // parameters, and quant's documented flush of |g| < eps 2^-24 to 0.

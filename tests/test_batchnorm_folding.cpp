@@ -53,7 +53,7 @@ ref::weight3 to_weight3(const xt::xarray<float>& w) {
   return r;
 }
 
-std::vector<double> to_vector(const xt::xtensor<float, 1>& v) { return std::vector<double>(v.begin(), v.end()); }
+using quant_test::to_vector;
 
 }  // namespace
 

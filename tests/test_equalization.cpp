@@ -49,7 +49,7 @@ ref::weight3 as_second(const layer_weights& l, std::size_t spatial = 1) {
   for (std::size_t i = 0; i < l.weight.size(); ++i) r[i / (C * taps)][(i / taps) % C][i % taps] = l.weight.data()[i];
   return r;
 }
-std::vector<double> to_vector(const xt::xtensor<float, 1>& v) { return std::vector<double>(v.begin(), v.end()); }
+using quant_test::to_vector;
 
 // Runs `net` on inputs before and after CLE of the pair and compares.
 template <class Net>

@@ -35,7 +35,7 @@ using dmat = std::vector<std::vector<double>>;
 
 // Correlated inputs X = Z A (latent dimension in/3) with per-column gains, so that H is far
 // from diagonal and its diagonal spreads (act order then changes the sweep).
-xt::xtensor<float, 2> correlated_inputs(std::size_t rows, std::size_t in, std::uint32_t seed) {
+xt::xtensor<float, 2> correlated_inputs_with_gains(std::size_t rows, std::size_t in, std::uint32_t seed) {
   const std::size_t latent = std::max<std::size_t>(1, in / 3);
   const auto z = normal_matrix(rows, latent, seed);
   const auto a = normal_matrix(latent, in, seed + 1);
@@ -237,7 +237,7 @@ void require_throws_naming(F&& f, const std::string& needle) {
 
 TEST_CASE("hessian_accumulator: H = 2 X^T X / n; merged random splits equal one pass; conv rows", "[gptq][hessian]") {
   const std::size_t n = 301, in = 37;
-  const auto x = correlated_inputs(n, in, 11);
+  const auto x = correlated_inputs_with_gains(n, in, 11);
   hessian_accumulator one(in);
   one.update(x);
   REQUIRE(one.rows() == n);
@@ -310,7 +310,7 @@ TEST_CASE("hessian_accumulator: H = 2 X^T X / n; merged random splits equal one 
 TEST_CASE("gptq_layer equals the OBQ update from H^-1, blocked or not", "[gptq]") {
   const std::size_t out = 12, in = 40, n = 160;
   const auto w = normal_matrix(out, in, 21, 0.5f);
-  const auto x = correlated_inputs(n, in, 22);
+  const auto x = correlated_inputs_with_gains(n, in, 22);
   const grid g = GENERATE(grid::int_signed(3), grid::int_unsigned(4));
   const scheme sch = g.is_signed ? scheme::symmetric : scheme::asymmetric;
   const qparams qp = calibrate_mse(w, g, sch, 0);
@@ -355,7 +355,7 @@ TEST_CASE("gptq_layer equals the OBQ update from H^-1, blocked or not", "[gptq]"
 TEST_CASE("gptq_layer: reconstruction error on the calibration data is below round-to-nearest's", "[gptq]") {
   const std::size_t out = 24, in = 64, n = 256;
   const auto w = normal_matrix(out, in, 31, 0.3f);
-  const auto x = correlated_inputs(n, in, 32);
+  const auto x = correlated_inputs_with_gains(n, in, 32);
   for (int bits : {2, 3, 4}) {
     gptq_options opt;
     opt.grid = grid::int_signed(bits);
@@ -380,7 +380,7 @@ TEST_CASE("gptq_layer: reconstruction error on the calibration data is below rou
 TEST_CASE("gptq_layer: act order sweeps by decreasing H_ii and restores the column order", "[gptq]") {
   const std::size_t out = 10, in = 36, n = 144;
   const auto w = normal_matrix(out, in, 41, 0.5f);
-  const auto x = correlated_inputs(n, in, 42);
+  const auto x = correlated_inputs_with_gains(n, in, 42);
   const grid g = grid::int_signed(3);
   const qparams qp = calibrate_mse(w, g, scheme::symmetric, 0);
   const auto order = act_order_of(x);
@@ -415,7 +415,7 @@ TEST_CASE("gptq_layer: act order sweeps by decreasing H_ii and restores the colu
 TEST_CASE("gptq_layer: dead inputs get H_ii = 1 and zero weights", "[gptq]") {
   const std::size_t out = 8, in = 24, n = 96;
   const auto w = normal_matrix(out, in, 51, 0.5f);
-  auto x = correlated_inputs(n, in, 52);
+  auto x = correlated_inputs_with_gains(n, in, 52);
   for (std::size_t r = 0; r < n; ++r) x(r, 3) = x(r, 17) = 0.0f;
   const grid g = grid::int_unsigned(3);
   const qparams qp = calibrate_minmax(w, g, scheme::asymmetric, 0);
@@ -436,7 +436,7 @@ TEST_CASE("gptq_layer: dead inputs get H_ii = 1 and zero weights", "[gptq]") {
 TEST_CASE("gptq_layer: per-group scales, fixed before the sweep or chosen at each group's start", "[gptq]") {
   const std::size_t out = 6, in = 48, n = 192, group = 8;
   const auto w = normal_matrix(out, in, 61, 0.5f);
-  const auto x = correlated_inputs(n, in, 62);
+  const auto x = correlated_inputs_with_gains(n, in, 62);
   const grid g = grid::int_signed(3);
   gptq_options opt;
   opt.grid = g;
@@ -488,7 +488,7 @@ TEST_CASE("gptq_layer: the same result for any thread count", "[gptq]") {
   quant_test::require_two_threads();  // fails if "2 threads" would be a serial run
   const std::size_t out = 96, in = 160, n = 640;
   const auto w = normal_matrix(out, in, 71, 0.5f);
-  const auto x = correlated_inputs(n, in, 72);
+  const auto x = correlated_inputs_with_gains(n, in, 72);
   gptq_options opt;
   opt.grid = grid::int_signed(3);
   opt.group_size = 32;
@@ -591,7 +591,7 @@ TEST_CASE("gptq_layer: every validation path throws the right quant exception", 
 TEST_CASE("adaround_init_from_integers: AdaRound starts from GPTQ's rounding", "[gptq][adaround]") {
   const std::size_t out = 16, in = 48, n = 192;
   const auto w = normal_matrix(out, in, 101, 0.5f);
-  const auto x = correlated_inputs(n, in, 102);
+  const auto x = correlated_inputs_with_gains(n, in, 102);
   const grid g = grid::int_signed(2);
   const qparams qp = calibrate_mse(w, g, scheme::symmetric, 0);
   const auto r = gptq_layer(w, x, qp);

@@ -16,9 +16,7 @@ using namespace quant;
 
 namespace {
 
-xt::xtensor<float, 2> normal_matrix(std::size_t r, std::size_t c, std::uint32_t seed) {
-  return xt::adapt(quant_test::normal_floats(r * c, seed), std::vector<std::size_t>{r, c});
-}
+using quant_test::normal_matrix;
 
 // Brute-force nearest centroid in double.
 std::uint32_t nearest(const float* x, const float* c, std::size_t k, std::size_t d) {

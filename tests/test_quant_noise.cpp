@@ -11,9 +11,7 @@
 using namespace quant;
 
 namespace {
-xt::xtensor<float, 2> normal_matrix(std::size_t r, std::size_t c, std::uint32_t seed) {
-  return xt::adapt(quant_test::normal_floats(r * c, seed), std::vector<std::size_t>{r, c});
-}
+using quant_test::normal_matrix;
 }  // namespace
 
 TEST_CASE("block layouts: linear, 1x1 conv, k x k conv", "[quant_noise]") {

@@ -318,10 +318,7 @@ double soft_weight_at(const block_layer& L, std::size_t k, double v) {
   const double h = std::min(1.0, std::max(0.0, 1.2 / (1.0 + std::exp(-v)) - 0.1));
   return double(s) * (std::min<double>(L.weight_qparams.qmax(), std::max<double>(L.weight_qparams.qmin(), base + h)) - z);
 }
-bool near_h_kink(double v) {
-  const double u = 1.2 / (1.0 + std::exp(-v)) - 0.1;
-  return std::fabs(u) < 1e-5 || std::fabs(u - 1.0) < 1e-5;
-}
+using quant_test::near_h_kink;
 
 // quant's built-in Linear/Conv2d block (the callbacks reconstruct_block(layers, ...) runs),
 // recording what passes through it in the first reconstruction iteration.
