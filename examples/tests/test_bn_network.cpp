@@ -11,6 +11,9 @@
 
 #include "../fashion_mnist/bn_network.hpp"
 
+// Everything below in its own namespace: the test files may be compiled together (unity build).
+namespace bn_network_tests {
+
 using namespace examples;
 using K = bn_layer_spec::kind;
 
@@ -270,3 +273,5 @@ TEST_CASE("bn_network: the demo's network has the shapes of the issue", "[bn_net
   const tensor2<float> logits = bn_forward(net, tensor2<float>(xt::zeros<float>({2, 784})), false);
   CHECK(logits.shape() == std::array<std::size_t, 2>{2, 10});
 }
+
+}  // namespace bn_network_tests

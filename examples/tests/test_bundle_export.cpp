@@ -15,6 +15,9 @@
 #include "../common/model_runner.hpp"
 #include "../fashion_mnist/bundle_export.hpp"
 
+// Everything below in its own namespace: the test files may be compiled together (unity build).
+namespace bundle_export_tests {
+
 using namespace examples;
 
 namespace {
@@ -142,3 +145,5 @@ TEST_CASE("bundle export: weight layouts are PyTorch's", "[bundle_export]") {
     CHECK_FALSE(m.layers[0].bias.has_value());
   }
 }
+
+}  // namespace bundle_export_tests

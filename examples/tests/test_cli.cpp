@@ -17,6 +17,9 @@
 #include <string>
 #include <vector>
 
+// Everything below in its own namespace: the test files may be compiled together (unity build).
+namespace cli_tests {
+
 namespace {
 
 const std::string tool = QUANT_CLI;
@@ -1433,3 +1436,5 @@ TEST_CASE("adaround options: --bias, --relu, --quantized-inputs, --lr, --lambda,
     CHECK((WIFEXITED(st) && WEXITSTATUS(st) != 0));  // and no temporary files
   }
 }
+
+}  // namespace cli_tests

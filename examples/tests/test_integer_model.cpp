@@ -16,6 +16,9 @@
 #include "../common/integer_model.hpp"
 #include "../common/model_runner.hpp"
 
+// Everything below in its own namespace: the test files may be compiled together (unity build).
+namespace integer_model_tests {
+
 using namespace examples;
 
 namespace {
@@ -530,3 +533,5 @@ TEST_CASE("an engine the integer GEMM would refuse is refused at export and at l
     CHECK_THROWS_WITH(load_with_bias(-(largest + 1)), Catch::Contains("bias[0]") && Catch::Contains("exceeds int32"));
   }
 }
+
+}  // namespace integer_model_tests

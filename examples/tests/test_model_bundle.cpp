@@ -19,6 +19,9 @@
 #include "../common/model_runner.hpp"
 #include "../common/npy_io.hpp"
 
+// Everything below in its own namespace: the test files may be compiled together (unity build).
+namespace model_bundle_tests {
+
 namespace fs = std::filesystem;
 using examples::layer_type;
 using examples::model;
@@ -597,3 +600,5 @@ TEST_CASE("model runner: logits match PyTorch on the golden bundle (tools/make_b
   const dtensor ref = ref_model(m, x, 0, m.layers.size());
   CHECK(rel_error(torch_logits, ref.v) < 1e-5);
 }
+
+}  // namespace model_bundle_tests

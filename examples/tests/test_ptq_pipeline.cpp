@@ -15,6 +15,9 @@
 #include "../common/model_runner.hpp"
 #include "../common/ptq_pipeline.hpp"
 
+// Everything below in its own namespace: the test files may be compiled together (unity build).
+namespace ptq_pipeline_tests {
+
 using examples::layer_type;
 using examples::model;
 using examples::model_layer;
@@ -234,3 +237,5 @@ TEST_CASE("ptq pipeline: folding and CLE keep the float function; grids and enco
     CHECK_THROWS_AS(examples::run_ptq(m, calib, o), std::invalid_argument);
   }
 }
+
+}  // namespace ptq_pipeline_tests
