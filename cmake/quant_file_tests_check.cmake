@@ -1,0 +1,23 @@
+# cmake -DEXE=<unity test executable> -DNAMES=<file,file,...> -P quant_file_tests_check.cmake
+# Fails unless every file tag Catch2 gives the executable's test cases (`-# --list-tags`)
+# is one of NAMES, i.e. every test case is run by one of the per-file ctest tests.
+execute_process(COMMAND ${EXE} "-#" --list-tags OUTPUT_VARIABLE out ERROR_VARIABLE err)
+string(REPLACE "," ";" names "${NAMES}")
+string(REGEX MATCHALL "\\[#[A-Za-z0-9_.-]+\\]" tags "${out}")
+if(NOT tags)
+  message(FATAL_ERROR "${EXE} -# --list-tags listed no file tags:\n${out}${err}")
+endif()
+set(missing "")
+foreach(tag ${tags})
+  string(REGEX REPLACE "^\\[#(.*)\\]$" "\\1" file "${tag}")
+  list(FIND names "${file}" i)
+  if(i EQUAL -1)
+    list(APPEND missing "${file}")
+  endif()
+endforeach()
+if(missing)
+  message(FATAL_ERROR "test cases from ${missing} are in ${EXE} but no ctest test selects them "
+                      "(a TEST_CASE outside the test files? give it a test file, or add the file)")
+endif()
+list(LENGTH tags n)
+message(STATUS "${EXE}: the test cases of ${n} files, each file run by its own ctest test")
