@@ -51,12 +51,23 @@ struct demo_options {
   bool retrain = false;
   std::vector<std::string> models = {"mlp", "cnn", "bnnet"};
   std::uint64_t seed = 1;
-  int threads = 1;
+  int threads = -1;  // -1: per row, see row_threads
   std::size_t iterations = 0, qat_steps = 0;
   std::vector<std::string> only;
 };
 
 void save_bundle(const model& m, const std::string& entry);
+
+// quant's threads for a row (--threads; BLAS always runs on one, see network.hpp). By default
+// (-1) the AdaRound and QDrop rows, whose time goes to quant's passes over whole layers, run on
+// every core, the other rows on one: their quant passes (LSQ on one batch, Quant-Noise on one
+// layer) are too small to gain from a second thread (examples/README.md has the figures).
+// 0 (OpenMP's default) or n > 0 applies to every row. Results do not depend on it.
+int row_threads(const std::string& label, int threads) {
+  if (threads >= 0) return threads;
+  const bool reconstruction = label.find("AdaRound") != std::string::npos || label.find("QDrop") != std::string::npos;
+  return reconstruction ? 0 : 1;
+}
 
 network trained_network(const std::string& name, const std::vector<layer_spec>& specs, const train_config& cfg,
                         const split_tensors& train_set, const demo_options& o, double& seconds) {
@@ -109,7 +120,8 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--seed", o.seed, "seed of initialisation, shuffling and every random method")->capture_default_str();
   app.add_option("--threads", o.threads,
-                 "threads of quant's kernels (0 = OpenMP default); BLAS always runs on one, see network.hpp")
+                 "threads of quant's kernels: -1 = every core for the AdaRound / QDrop rows and one for the "
+                 "others (fastest), 0 = OpenMP's default, n = n; BLAS always runs on one")
       ->capture_default_str();
   app.add_option("--iterations", o.iterations, "override the AdaRound / QDrop iterations per layer");
   app.add_option("--qat-steps", o.qat_steps, "override the LSQ / LSQ+ fine-tuning steps (batches of 128)");
@@ -123,7 +135,7 @@ int main(int argc, char** argv) {
     // page faults again, ~15 % of the CNN's training time).
     mallopt(M_MMAP_THRESHOLD, 256 << 20);
     mallopt(M_TRIM_THRESHOLD, 512 << 20);
-    quant::set_num_threads(o.threads);
+    quant::set_num_threads(row_threads("", o.threads));
     ::mkdir(o.cache_dir.c_str(), 0755);
     ::mkdir(o.out_dir.c_str(), 0755);
     const auto t_start = std::chrono::steady_clock::now();
@@ -172,6 +184,7 @@ int main(int argc, char** argv) {
         const auto t0 = std::chrono::steady_clock::now();
         if (!o.only.empty() && !def.matches(o.only)) continue;
         if (o.quick && !def.quick) continue;
+        quant::set_num_threads(row_threads(def.label, o.threads));
         result_row r = def.run(ctx);
         r.model = job.name;
         r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -197,6 +210,7 @@ int main(int argc, char** argv) {
       for (const auto& def : bn_row_registry()) {
         if (!o.only.empty() && !def.matches(o.only)) continue;
         const auto t0 = std::chrono::steady_clock::now();
+        quant::set_num_threads(row_threads(def.label, o.threads));
         result_row r = def.run(ctx);
         r.model = "bnnet";
         r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
