@@ -11,6 +11,7 @@
 # RUN_JOBS (harnesses run at the same time, default nproc), SEED (libFuzzer's -seed;
 # default a fresh random seed per run, printed in each log). CI sets a fixed SEED, so its
 # bounded run replays the start of an input sequence that was searched for longer before.
+# FUZZ_CMAKE_ARGS: options for fuzz/CMakeLists.txt, e.g. -DQUANT_FUZZ_DEBUG_INFO=OFF (CI).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${1:-60}"
@@ -36,7 +37,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 
-cmake -S fuzz -B "$build" -DCMAKE_CXX_COMPILER=clang++-14 >/dev/null
+# shellcheck disable=SC2086
+cmake -S fuzz -B "$build" -DCMAKE_CXX_COMPILER=clang++-14 ${FUZZ_CMAKE_ARGS:-} >/dev/null
 # All harnesses: the default target, so that make compiles JOBS of them at once (CMake's
 # top-level Makefile builds several --target goals one after the other; on 2 cores the whole
 # CI fuzz step took ~11 min that way, 6 min 54 s this way). A subset: just those targets.
