@@ -555,11 +555,6 @@ void lsq_forward_into(const float* x, float* y, const S& shape, const lsq_plan& 
   }
 }
 
-template <class O, class S>
-void resize_like(O& out, const S& shape) {
-  static_assert(is_row_major_float_container<O>::value, "outputs must be row-major float containers");
-  if (!std::equal(shape.begin(), shape.end(), out.shape().begin(), out.shape().end())) out.resize(shape);
-}
 
 }  // namespace detail
 
@@ -580,17 +575,15 @@ xt::xarray<float> lsq_forward(const xt::xexpression<E>& x, const lsq_params& p) 
   return y;
 }
 
-// The same forward into a caller-provided y, a row-major float container of x's shape (it
-// is not resized: a training loop reuses it; it may be x itself). Throws
-// quant::length_error naming y.shape when the shapes differ, before writing anything.
+// The same forward into a caller-provided y, a row-major float container (resized if
+// needed; may be x itself), as every out-form of the library.
 template <class E, class O>
 void lsq_forward(const xt::xexpression<E>& x, const lsq_params& p, O& y) {
   static_assert(detail::is_row_major_float_container<O>::value, "y must be a row-major float container");
   const char* fn = "lsq_forward";
   auto in = detail::as_contiguous(x);
-  detail::check_same_shape(in.shape(), y.shape(), fn, "y.shape");
   const auto plan = detail::make_lsq_plan(in.shape(), p, fn);
-  in.separate_from(y.data(), y.size());  // a view of x overlapping y at a shift is read from a copy
+  detail::prepare_output(y, in.shape(), fn, "y.shape", in);
   detail::lsq_forward_into(in.data(), y.data(), in.shape(), plan);
 }
 
@@ -600,11 +593,11 @@ template <class E, class D, class O>
 lsq_param_gradients lsq_backward(const xt::xexpression<E>& x, const xt::xexpression<D>& dy, const lsq_params& p,
                                  O& dx) {
   const char* fn = "lsq_backward";
-  const auto in = detail::as_contiguous(x);
-  const auto g = detail::as_contiguous(dy);
+  auto in = detail::as_contiguous(x);
+  auto g = detail::as_contiguous(dy);
   detail::check_same_shape(in.shape(), g.shape(), fn, "dy.shape");
   const auto plan = detail::make_lsq_plan(in.shape(), p, fn);
-  detail::resize_like(dx, in.shape());
+  detail::prepare_output(dx, in.shape(), fn, "dx.shape", in, g);
   std::vector<double> sds(plan.params), sout(plan.params);
   detail::lsq_backward_dispatch<simd::default_arch>(in.data(), g.data(), nullptr, dx.data(), plan, p.convention,
                                                     sds.data(), sout.data());
@@ -626,12 +619,12 @@ template <class E, class D, class O1, class O2>
 lsq_param_gradients lsq_forward_backward(const xt::xexpression<E>& x, const xt::xexpression<D>& dy,
                                          const lsq_params& p, O1& y, O2& dx) {
   const char* fn = "lsq_forward_backward";
-  const auto in = detail::as_contiguous(x);
-  const auto g = detail::as_contiguous(dy);
+  auto in = detail::as_contiguous(x);
+  auto g = detail::as_contiguous(dy);
   detail::check_same_shape(in.shape(), g.shape(), fn, "dy.shape");
   const auto plan = detail::make_lsq_plan(in.shape(), p, fn);
-  detail::resize_like(y, in.shape());
-  detail::resize_like(dx, in.shape());
+  detail::prepare_output(y, in.shape(), fn, "y.shape", in, g);
+  detail::prepare_output(dx, in.shape(), fn, "dx.shape", in, g);
   std::vector<double> sds(plan.params), sout(plan.params);
   detail::lsq_backward_dispatch<simd::default_arch>(in.data(), g.data(), y.data(), dx.data(), plan, p.convention,
                                                     sds.data(), sout.data());

@@ -228,18 +228,19 @@ auto ste_backward(const xt::xexpression<E>& x, const xt::xexpression<D>& dy, con
   return out;
 }
 
-// Same, into a caller-provided row-major float container (resized if needed; may alias dy).
+// Same, into a caller-provided row-major float container (resized if needed; may alias dy;
+// quant::length_error naming out.shape if its type has a fixed rank or shape other than x's).
 // Only such a container is an `out` (SFINAE: an lvalue ste_mode selects the overload above).
 template <class Round = round_half_to_even, class E, class D, class O,
           std::enable_if_t<detail::is_row_major_float_container<O>::value, int> = 0>
 void ste_backward(const xt::xexpression<E>& x, const xt::xexpression<D>& dy, const qparams& p, O& out,
                   ste_mode mode = ste_mode::clipped, const Round& round = {}) {
   const char* fn = "ste_backward";
-  const auto in = detail::as_contiguous(x);
-  const auto g = detail::as_contiguous(dy);
+  auto in = detail::as_contiguous(x);
+  auto g = detail::as_contiguous(dy);
   detail::check_same_shape(in.shape(), g.shape(), fn, "dy.shape");
   const auto plan = detail::make_segment_plan(in.shape(), p, fn);
-  if (!std::equal(in.shape().begin(), in.shape().end(), out.shape().begin(), out.shape().end())) out.resize(in.shape());
+  detail::prepare_output(out, in.shape(), fn, "out.shape", in, g);
   kernels::ste_backward<simd::default_arch, Round>(in.data(), g.data(), out.data(), plan,
                                                    static_cast<float>(p.qmin()), static_cast<float>(p.qmax()), mode,
                                                    round);

@@ -363,6 +363,8 @@ auto fake_quantize(const xt::xexpression<E>& x, const qparams& p, const Round& r
 }
 
 // fake_quantize(x) into a caller-provided container (resized if needed; may alias x).
+// quant::length_error naming out.shape if out's type cannot take x's shape (a fixed rank or
+// shape of its own), before anything is written.
 // Only a row-major float container is an `out` (SFINAE, not a static_assert: a rounding
 // policy passed as an lvalue must select the overload above).
 template <class Round = round_half_to_even, class Convention = pytorch_convention, class E, class O,
@@ -370,12 +372,7 @@ template <class Round = round_half_to_even, class Convention = pytorch_conventio
 void fake_quantize(const xt::xexpression<E>& x, const qparams& p, O& out, const Round& round = {}) {
   auto in = detail::as_contiguous(x);
   const auto plan = detail::make_segment_plan(in.shape(), p, "fake_quantize");
-  if (!std::equal(in.shape().begin(), in.shape().end(), out.shape().begin(), out.shape().end())) {
-    in.detach();  // x may be a view into out, which resizing frees
-    out.resize(in.shape());
-  } else {
-    in.separate_from(out.data(), out.size());
-  }
+  detail::prepare_output(out, in.shape(), "fake_quantize", "out.shape", in);
   kernels::fake_quantize<simd::default_arch, Round, Convention>(in.data(), out.data(), plan, round);
 }
 

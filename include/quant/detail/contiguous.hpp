@@ -8,8 +8,10 @@
 // other value types, column-major or strided data.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -18,7 +20,10 @@
 #include <xtensor/xexpression.hpp>
 #include <xtensor/xlayout.hpp>
 #include <xtensor/xnoalias.hpp>
+#include <xtensor/xshape.hpp>
 #include <xtensor/xtensor.hpp>
+
+#include "../error.hpp"
 
 namespace quant {
 namespace detail {
@@ -94,6 +99,33 @@ class contiguous_floats {
 template <class E>
 contiguous_floats<E> as_contiguous(const xt::xexpression<E>& x) {
   return contiguous_floats<E>(x.derived_cast());
+}
+
+// Readies a caller-provided output container for an elementwise kernel that reads
+// `inputs` (contiguous_floats) and writes `shape`: when out's shape differs it is resized,
+// the inputs first copied (one may be a view into out's storage, which resizing frees);
+// otherwise an input overlapping out at a shift is copied (separate_from). Throws
+// quant::length_error naming `argument`, before anything is written, when out's type cannot
+// take `shape`: a fixed rank other than shape's (xt::xtensor<float, N>; xtensor's resize
+// would write past its shape array) or a fixed shape (xt::xtensor_fixed; its resize does
+// nothing).
+template <class O, class S, class... Inputs>
+void prepare_output(O& out, const S& shape, const char* function, const char* argument, Inputs&... inputs) {
+  static_assert(is_row_major_float_container<O>::value, "outputs must be row-major float containers");
+  if (std::equal(shape.begin(), shape.end(), out.shape().begin(), out.shape().end())) {
+    (inputs.separate_from(out.data(), out.size()), ...);
+    return;
+  }
+  using out_shape = typename O::shape_type;
+  constexpr std::ptrdiff_t rank = xt::static_dimension<out_shape>::value;
+  if (xt::detail::is_fixed<out_shape>::value)
+    fail<length_error>(function, argument, shape_string(out.shape()),
+                       "is the fixed shape of its type; it must equal the shape of x, " + shape_string(shape));
+  if (rank >= 0 && static_cast<std::size_t>(rank) != static_cast<std::size_t>(shape.size()))
+    fail<length_error>(function, argument, shape_string(out.shape()),
+                       "has the fixed rank " + std::to_string(rank) + " of its type; x has shape " + shape_string(shape));
+  (inputs.detach(), ...);
+  out.resize(shape);
 }
 
 // The container an eager function returns for input E and element type T: the same kind
