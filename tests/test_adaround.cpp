@@ -695,7 +695,7 @@ layer_case make_layer(std::size_t out, std::size_t in) {
 }
 }  // namespace
 
-TEST_CASE("AdaRound beats round-to-nearest on held-out data at 4, 3 and 2 bits; h ends binary", "[adaround]") {
+TEST_CASE("AdaRound beats round-to-nearest on held-out data at 4, 3 and 2 bits; h ends binary", "[adaround][long]") {
   const auto L = make_layer(24, 64);
   for (int bits : {4, 3, 2}) {
     const grid g = grid::int_signed(bits);
@@ -802,6 +802,11 @@ TEST_CASE("the layer optimizer and the variables take any 2-D xtensor expression
   SECTION("lazy expressions") { same(adaround_layer(1.0f * w, x + 0.0f, p, o)); }
   SECTION("adaround_optimizer keeps its own copy of an X that is not an xtensor<float, 2>") {
     adaround_optimizer a(w, xt::xarray<float>(x), p, o);  // the temporary ends here
+    a.run();
+    same(a.result());
+  }
+  SECTION("adaround_optimizer takes over a temporary xtensor<float, 2> X instead of referencing it") {
+    adaround_optimizer a(w, xt::xtensor<float, 2>(x), p, o);  // the temporary ends here
     a.run();
     same(a.result());
   }

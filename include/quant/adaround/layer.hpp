@@ -159,9 +159,10 @@ float layer_loss_row(float* QUANT_RESTRICT y, const float* QUANT_RESTRICT t, con
 // AdaRound for one layer, one iteration at a time (adaround_layer runs it to the end).
 // W [out, in] (any 2-D xtensor expression, copied); X [samples, in] the layer's input in
 // the full-precision model (any 2-D xtensor expression); X_hat the input in the quantized
-// model (asymmetric reconstruction; nullptr: X); bias [out] or nullptr. An X of type
+// model (asymmetric reconstruction; nullptr: X); bias [out] or nullptr. An lvalue X of type
 // xt::xtensor<float, 2>, X_hat and bias are referenced, not copied: they must outlive the
-// optimizer (an X of any other type is copied once, as float).
+// optimizer. A temporary xt::xtensor<float, 2> is moved in; an X of any other type is
+// copied once, as float.
 // Weight qparams: any granularity of W (per output channel, axis 0, is the usual choice);
 // they stay fixed. Each step(): sample `batch_size` rows, gather them, Y = X_b W_soft^T
 // (GEMM), dL/dY in place, G = dY^T X_b (GEMM into the variables' gradient), then the
@@ -181,6 +182,13 @@ class adaround_optimizer {
     else
       x_own_ = detail::float_matrix(X, fn, "X");
     init(detail::float_matrix(W, fn, "W"), weight_qparams, bias, fn);
+  }
+  template <class EW>
+  adaround_optimizer(const xt::xexpression<EW>& W, xt::xtensor<float, 2>&& X, const quant::qparams& weight_qparams,
+                     adaround_options options = {}, const xt::xtensor<float, 2>* X_hat = nullptr,
+                     const xt::xtensor<float, 1>* bias = nullptr)
+      : x_own_(std::move(X)), x_hat_(X_hat), opt_(std::move(options)) {
+    init(detail::float_matrix(W, "adaround_layer", "W"), weight_qparams, bias, "adaround_layer");
   }
 
   std::size_t iteration() const noexcept { return k_; }
@@ -283,7 +291,7 @@ class adaround_optimizer {
   }
 
   const xt::xtensor<float, 2>* x_ = nullptr;      // the caller's X, or nullptr: x_own_
-  xt::xtensor<float, 2> x_own_;                   // X when it is not an xt::xtensor<float, 2>
+  xt::xtensor<float, 2> x_own_;                   // X when it is not an lvalue xt::xtensor<float, 2>
   const xt::xtensor<float, 2>* x_hat_ = nullptr;  // nullptr: X
   adaround_options opt_;
   adaround_variables vars_;
