@@ -10,8 +10,6 @@
 #include <random>
 #include <string>
 
-#include <quant/config.hpp>  // quant/im2col.hpp (via the runner) uses QUANT_RESTRICT without including it
-
 #include "../common/model_runner.hpp"
 #include "../fashion_mnist/bundle_export.hpp"
 
