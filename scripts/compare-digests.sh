@@ -14,15 +14,28 @@ fi
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 status=0
-i=0
+# The programs run side by side (the sanitizer build's takes most of the time, partly on
+# one thread); their lines are compared once all have finished.
 for build in "$@"; do
-  prog="$build/tests/tools/kernel_digest"
-  if [ ! -x "$prog" ]; then
-    echo "compare-digests: $prog not found (build the kernel_digest target)" >&2
+  if [ ! -x "$build/tests/tools/kernel_digest" ]; then
+    echo "compare-digests: $build/tests/tools/kernel_digest not found (build the kernel_digest target)" >&2
     exit 2
   fi
-  if ! "$prog" > "$tmp/$i.all"; then
-    echo "compare-digests: $prog failed (see its messages above)" >&2
+done
+pids=()
+i=0
+for build in "$@"; do
+  "$build/tests/tools/kernel_digest" > "$tmp/$i.all" 2> "$tmp/$i.err" &
+  pids+=($!)
+  i=$((i + 1))
+done
+i=0
+for build in "$@"; do
+  ok=1
+  wait "${pids[$i]}" || ok=0
+  cat "$tmp/$i.err" >&2
+  if [ "$ok" -eq 0 ]; then
+    echo "compare-digests: $build/tests/tools/kernel_digest failed (see its messages above)" >&2
     status=1
   fi
   grep -v '^#' "$tmp/$i.all" | LC_ALL=C sort > "$tmp/$i"
