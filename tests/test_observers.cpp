@@ -311,7 +311,7 @@ double dense_best_error(const std::vector<float>& x, grid g, scheme s, double p)
 
 }  // namespace
 
-TEST_CASE("MSE search reaches the dense brute-force optimum", "[observers][mse]") {
+TEST_CASE("MSE search reaches the dense brute-force optimum", "[observers][mse][long]") {
   // a Laplace-like tensor with outliers: the optimum clips well inside absmax
   std::vector<float> x = quant_test::normal_floats(2000, 21);
   for (std::size_t i = 0; i < x.size(); ++i) x[i] = x[i] * x[i] * x[i];

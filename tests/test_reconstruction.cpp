@@ -58,7 +58,7 @@ double output_error(const xt::xtensor<float, 2>& y, const xt::xtensor<float, 2>&
 
 }  // namespace
 
-TEST_CASE("QDrop at W2A4 beats layer-wise AdaRound followed by plain activation quantization", "[reconstruction]") {
+TEST_CASE("QDrop at W2A4 beats layer-wise AdaRound followed by plain activation quantization", "[reconstruction][long]") {
   const std::size_t in = 32;
   std::vector<block_layer> layers = {linear(48, in, 1, activation::relu, 2), linear(48, 48, 2, activation::relu, 2),
                                      linear(16, 48, 3, activation::identity, 2)};
@@ -777,7 +777,7 @@ struct user_linear_chain {
 
 }  // namespace
 
-TEST_CASE("a user-defined block (Linear, leaky ReLU, Linear) reconstructs below round-to-nearest", "[reconstruction]") {
+TEST_CASE("a user-defined block (Linear, leaky ReLU, Linear) reconstructs below round-to-nearest", "[reconstruction][long]") {
   const std::size_t in = 32, hidden = 48, out = 16;
   const auto x_cal = block_inputs(1024, in, 20), x_test = block_inputs(1024, in, 21);
   std::vector<block_weight> weights(2);
