@@ -2,7 +2,9 @@
 # Installs what is missing, builds the whole test suite (SIMD build: -march=native,
 # XTENSOR_USE_XSIMD, OpenMP, -ffp-contract=off) and runs it with ctest.
 # Extra CMake options may be passed through, e.g. -DQUANT_SIMD=OFF (scalar build) or
-# -DQUANT_SANITIZE=ON; BUILD_DIR selects the build directory (default build/).
+# -DQUANT_SANITIZE=ON; BUILD_DIR selects the build directory (default build/). It builds the
+# target quant_test_suite, what ctest runs; BUILD_TARGET=all also builds the benchmarks and
+# the large tests' executable (`cmake --build build` does the same later).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
@@ -18,7 +20,7 @@ cpu_now() {  # sets cpu: CPU seconds of all finished child processes so far
 }
 cpu_now; wall0=$SECONDS cpu0=$cpu
 cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DQUANT_BUILD_TESTS=ON -DQUANT_BUILD_EXAMPLES=ON "$@"
-cmake --build "$build" -j "$jobs"
+cmake --build "$build" -j "$jobs" --target "${BUILD_TARGET:-quant_test_suite}"
 cpu_now; wall1=$SECONDS cpu1=$cpu
 echo "run-tests.sh ($build): configure + build $((wall1 - wall0)) s wall, $((cpu1 - cpu0)) s CPU"
 cd "$build"
