@@ -8,8 +8,9 @@
 # file. One more test, <target>_selects_every_case, fails if a test case carries a file tag
 # that no ctest test selects (a TEST_CASE written in a header would otherwise never run).
 # With QUANT_TEST_UNITY=OFF every file is its own executable named after it, compiled alone.
-# Every executable links Catch2's main and uses the tests' precompiled header
-# (cmake/quant_test_pch.cmake); <out_targets> receives them, for the caller's other settings.
+# Every executable links Catch2's main, uses the tests' precompiled header
+# (cmake/quant_test_pch.cmake) and is part of quant_test_suite (the top-level CMakeLists.txt);
+# <out_targets> receives them, for the caller's other settings.
 #
 # Test cases tagged [long] run an algorithm at full size to check a claim about its quality
 # (it beats a baseline, a search reaches the brute-force optimum). QUANT_TEST_SKIP_LONG=ON
@@ -50,6 +51,7 @@ function(quant_add_file_tests target batch out_targets)
   foreach(t ${targets})
     target_link_libraries(${t} PRIVATE Catch2::Catch2WithMain)
     quant_use_test_pch(${t})
+    add_dependencies(quant_test_suite ${t})
   endforeach()
   set(${out_targets} ${targets} PARENT_SCOPE)
 endfunction()

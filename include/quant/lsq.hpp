@@ -555,7 +555,6 @@ void lsq_forward_into(const float* x, float* y, const S& shape, const lsq_plan& 
   }
 }
 
-
 }  // namespace detail
 
 // ====================================================================================
@@ -579,7 +578,6 @@ xt::xarray<float> lsq_forward(const xt::xexpression<E>& x, const lsq_params& p) 
 // needed; may be x itself), as every out-form of the library.
 template <class E, class O>
 void lsq_forward(const xt::xexpression<E>& x, const lsq_params& p, O& y) {
-  static_assert(detail::is_row_major_float_container<O>::value, "y must be a row-major float container");
   const char* fn = "lsq_forward";
   auto in = detail::as_contiguous(x);
   const auto plan = detail::make_lsq_plan(in.shape(), p, fn);

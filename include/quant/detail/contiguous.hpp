@@ -121,7 +121,7 @@ void prepare_output(O& out, const S& shape, const char* function, const char* ar
   if (xt::detail::is_fixed<out_shape>::value)
     fail<length_error>(function, argument, shape_string(out.shape()),
                        "is the fixed shape of its type; it must equal the shape of x, " + shape_string(shape));
-  if (rank >= 0 && static_cast<std::size_t>(rank) != static_cast<std::size_t>(shape.size()))
+  if (rank >= 0 && static_cast<std::size_t>(rank) != shape.size())
     fail<length_error>(function, argument, shape_string(out.shape()),
                        "has the fixed rank " + std::to_string(rank) + " of its type; x has shape " + shape_string(shape));
   (inputs.detach(), ...);
