@@ -2,7 +2,8 @@
 # -ffp-contract=off: no compiler-made FMA, so SIMD and scalar paths compute the same
 # roundings and can be compared bit for bit.
 add_library(quant_build_flags INTERFACE)
-target_compile_options(quant_build_flags INTERFACE -Wall -Wextra -Wno-maybe-uninitialized -ffp-contract=off)
+target_compile_options(quant_build_flags INTERFACE -Wall -Wextra -ffp-contract=off
+                                                   $<$<CXX_COMPILER_ID:GNU>:-Wno-maybe-uninitialized>)
 # QUANT_ARCH_FLAGS picks the instruction set of a SIMD build: -march=native by default;
 # e.g. "-mavx2 -mfma" for an AVX2-only build on an AVX-512 machine (the kernels then take
 # their AVX2 paths), to check that both give the same bits (scripts/compare-digests.sh).

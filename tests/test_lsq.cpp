@@ -488,7 +488,8 @@ TEST_CASE("lsq_forward into a caller-provided tensor equals the returning form b
       {"pytorch per channel", make_params(grid::int_signed(8), {0.01f, 0.02f, 0.03f, 0.04f, 0.05f, 0.06f},
                                           {-3.0f, 0.0f, 1.5f, 2.0f, 7.0f, -0.5f}, 0, lsq_convention::pytorch)},
   };
-  for (const auto& [name, p] : cases) {
+  for (const auto& [name, params] : cases) {
+    const lsq_params& p = params;  // captured below: C++17 lambdas cannot capture a structured binding
     DYNAMIC_SECTION(name) {
       const xt::xarray<float> returned = eager::lsq_forward(x, p);
       const auto want = ref::lsq(xv, no_dy, shape, p);  // scalar reference, straight from the formula

@@ -133,7 +133,8 @@ TEST_CASE("eager fake-quant is bit-identical for 1 and 2 threads", "[parallel][u
   REQUIRE(rows * cols % detail::chunk_elements != 0);
   const auto x = quant_test::normal_floats(rows * cols, 11, 3.0f);
   const xt::xtensor<float, 2> xa = xt::adapt(x, std::array<std::size_t, 2>{rows, cols});
-  for (const auto& [name, p] : layouts(rows, cols)) {
+  for (const auto& [name, params] : layouts(rows, cols)) {
+    const qparams& p = params;  // captured below: C++17 lambdas cannot capture a structured binding
     INFO(name);
     auto run = [&] { return eager::fake_quantize(xa, p); };
     const auto y1 = with_threads(1, run);
@@ -153,7 +154,8 @@ TEST_CASE("eager quantize is bit-identical for 1 and 2 threads", "[parallel][uni
   REQUIRE(rows * cols > parallel_min_elements);
   const auto x = quant_test::normal_floats(rows * cols, 12, 3.0f);
   const xt::xtensor<float, 2> xa = xt::adapt(x, std::array<std::size_t, 2>{rows, cols});
-  for (const auto& [name, p] : layouts(rows, cols)) {
+  for (const auto& [name, params] : layouts(rows, cols)) {
+    const qparams& p = params;  // captured below: C++17 lambdas cannot capture a structured binding
     INFO(name);
     auto run = [&] { return eager::quantize<std::int8_t>(xa, p); };
     const auto q1 = with_threads(1, run);

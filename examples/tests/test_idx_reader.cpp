@@ -26,7 +26,16 @@ void record_allocation(std::size_t n) {
 }
 }  // namespace
 
+// GCC defines __SANITIZE_ADDRESS__ under -fsanitize=address; clang 14 answers __has_feature.
 #if defined(__SANITIZE_ADDRESS__)
+#define QUANT_TEST_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define QUANT_TEST_ASAN 1
+#endif
+#endif
+
+#if defined(QUANT_TEST_ASAN)
 // Under AddressSanitizer its allocator owns operator new; it reports every allocation to a hook.
 extern "C" int __sanitizer_install_malloc_and_free_hooks(void (*)(const volatile void*, std::size_t),
                                                          void (*)(const volatile void*));
