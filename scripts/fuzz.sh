@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Builds the libFuzzer harnesses of fuzz/ (clang-14, -fsanitize=fuzzer,address,undefined)
 # and runs each for SECONDS seconds (default 60) on a copy of its seed corpus, RUN_JOBS
-# harnesses at a time (default nproc: each libFuzzer process uses one core). Installs
-# clang-14 and libclang-rt-14-dev if missing (as scripts/install-deps.sh does for the
-# rest). Exit status 1 if any harness found something; the reproducer is left in
+# harnesses at a time (default nproc: each libFuzzer process uses one core). Installs what
+# is missing of quant's dependencies and clang's tool set (scripts/install-deps.sh --clang).
+# Exit status 1 if any harness found something; the reproducer is left in
 # $OUT_DIR/<harness>/ (crash-*, leak-*, oom-*, timeout-*) and its log beside it.
 #   scripts/fuzz.sh [SECONDS]
 # Environment: BUILD_DIR (default build-fuzzers), OUT_DIR (default $BUILD_DIR/runs),
@@ -12,6 +12,8 @@
 # default a fresh random seed per run, printed in each log). CI sets a fixed SEED, so its
 # bounded run replays the start of an input sequence that was searched for longer before.
 # FUZZ_CMAKE_ARGS: options for fuzz/CMakeLists.txt, e.g. -DQUANT_FUZZ_DEBUG_INFO=OFF (CI).
+# FUZZ_STEP: "build" only builds, "run" only runs what an earlier build left; default both
+# (CI builds in the background while its other builds run, and runs the harnesses last).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${1:-60}"
@@ -23,31 +25,38 @@ fuzzers="${FUZZERS:-$all}"
 # instead of spinning beside the other harnesses.
 export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-passive}"
 
-bash scripts/install-deps.sh
-missing=()
-for p in clang-14 libclang-rt-14-dev; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "fuzz.sh: installing ${missing[*]}"
-  SUDO=""
-  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
-  export DEBIAN_FRONTEND=noninteractive
-  $SUDO apt-get update -q
-  $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
-fi
+step="${FUZZ_STEP:-all}"
+case "$step" in
+  all|build|run) ;;
+  *) echo "fuzz.sh: FUZZ_STEP must be build, run or empty, not '$step'" >&2; exit 2 ;;
+esac
 
-# shellcheck disable=SC2086
-cmake -S fuzz -B "$build" -DCMAKE_CXX_COMPILER=clang++-14 ${FUZZ_CMAKE_ARGS:-} >/dev/null
-# All harnesses: the default target, so that make compiles JOBS of them at once (CMake's
-# top-level Makefile builds several --target goals one after the other; on 2 cores the whole
-# CI fuzz step took ~11 min that way, 6 min 54 s this way). A subset: just those targets.
-if [ -z "${FUZZERS:-}" ]; then
-  cmake --build "$build" -j "${JOBS:-$(nproc)}"
-else
+build_harnesses() {
+  bash scripts/install-deps.sh --clang
   # shellcheck disable=SC2086
-  cmake --build "$build" -j "${JOBS:-$(nproc)}" --target $fuzzers
+  cmake -S fuzz -B "$build" -DCMAKE_CXX_COMPILER=clang++-14 ${FUZZ_CMAKE_ARGS:-} >/dev/null
+  # All harnesses: the default target, so that make compiles JOBS of them at once (CMake's
+  # top-level Makefile builds several --target goals one after the other; on 2 cores the
+  # whole CI fuzz step took ~11 min that way, 6 min 54 s this way). A subset: just those.
+  if [ -z "${FUZZERS:-}" ]; then
+    cmake --build "$build" -j "${JOBS:-$(nproc)}"
+  else
+    # shellcheck disable=SC2086
+    cmake --build "$build" -j "${JOBS:-$(nproc)}" --target $fuzzers
+  fi
+}
+if [ "$step" != run ]; then
+  build_harnesses
 fi
+if [ "$step" = build ]; then
+  exit 0
+fi
+for f in $fuzzers; do
+  if [ ! -x "$build/$f" ]; then
+    echo "fuzz.sh: $build/$f not found (FUZZ_STEP=run needs a build first)" >&2
+    exit 2
+  fi
+done
 
 bin="$(cd "$build" && pwd)"
 run_jobs="${RUN_JOBS:-$(nproc)}"
