@@ -31,7 +31,7 @@ case "$step" in
   *) echo "fuzz.sh: FUZZ_STEP must be build, run or empty, not '$step'" >&2; exit 2 ;;
 esac
 
-build_harnesses() {
+if [ "$step" != run ]; then
   bash scripts/install-deps.sh --clang
   # shellcheck disable=SC2086
   cmake -S fuzz -B "$build" -DCMAKE_CXX_COMPILER=clang++-14 ${FUZZ_CMAKE_ARGS:-} >/dev/null
@@ -44,9 +44,6 @@ build_harnesses() {
     # shellcheck disable=SC2086
     cmake --build "$build" -j "${JOBS:-$(nproc)}" --target $fuzzers
   fi
-}
-if [ "$step" != run ]; then
-  build_harnesses
 fi
 if [ "$step" = build ]; then
   exit 0
