@@ -3,9 +3,11 @@
 // Found by fuzz_encodings_json: nlohmann's get<int>() casts a JSON float such as 1e30 to int
 // (undefined behaviour, reported by UBSan) and wraps 4294967298 to 2, so "bits": 4294967298
 // was read as a 2-bit grid; zero points 1.5 were truncated to 1. (Kept here, where tests are
-// globbed, because it needs only the header and nlohmann's header-only JSON.)
+// globbed, because it needs only nlohmann's header-only JSON: it compiles the reader's source
+// itself, so it runs in builds without the examples too, where quant_examples_common is absent.)
 #if __has_include(<nlohmann/json.hpp>)
 #include "../examples/common/encodings_json.hpp"
+#include "../examples/common/encodings_json.cpp"  // the definitions (see above)
 
 #include <catch2/catch.hpp>
 #include <cstdio>
