@@ -21,8 +21,6 @@
 #include <string>
 #include <vector>
 
-#include <quant/config.hpp>  // before the runner: quant/im2col.hpp uses QUANT_RESTRICT without including it
-
 #include "../common/model_runner.hpp"
 #include "../common/ptq_pipeline.hpp"
 #include "bn_trainer.hpp"

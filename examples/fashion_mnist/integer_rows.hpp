@@ -24,8 +24,6 @@
 #include <string>
 #include <vector>
 
-#include <quant/config.hpp>  // before the runner: quant/im2col.hpp uses QUANT_RESTRICT without including it
-
 #include "../common/integer_model.hpp"
 #include "../common/model_runner.hpp"
 #include "../common/ptq_pipeline.hpp"
