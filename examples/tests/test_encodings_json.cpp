@@ -2,12 +2,8 @@
 // `quant --params` and the model bundle) on documents whose numbers do not fit their fields.
 // Found by fuzz_encodings_json: nlohmann's get<int>() casts a JSON float such as 1e30 to int
 // (undefined behaviour, reported by UBSan) and wraps 4294967298 to 2, so "bits": 4294967298
-// was read as a 2-bit grid; zero points 1.5 were truncated to 1. (Kept here, where tests are
-// globbed, because it needs only nlohmann's header-only JSON: it compiles the reader's source
-// itself, so it runs in builds without the examples too, where quant_examples_common is absent.)
-#if __has_include(<nlohmann/json.hpp>)
-#include "../examples/common/encodings_json.hpp"
-#include "../examples/common/encodings_json.cpp"  // the definitions (see above)
+// was read as a 2-bit grid; zero points 1.5 were truncated to 1.
+#include "../common/encodings_json.hpp"
 
 #include <catch2/catch.hpp>
 #include <cstdio>
@@ -77,4 +73,3 @@ TEST_CASE("encodings JSON file: the whole file is one document", "[examples][jso
     CHECK_THAT(read_with(good + std::string("\xff\x00", 2)), Contains("not a quant encodings file"));
   }
 }
-#endif
