@@ -216,6 +216,7 @@ TEST_CASE("ptq pipeline: folding and CLE keep the float function; grids and enco
     REQUIRE(r.report.float_accuracy);
     CHECK(*r.report.float_accuracy == 1.0);
     const std::string dir = std::string(TEST_TMP_DIR) + "/ptq_saved";
+    std::filesystem::create_directories(TEST_TMP_DIR);  // (ctest may run this file first)
     examples::save_model(r.quantized, dir);
     const model back = examples::load_model(dir);
     const auto a = examples::run_model(r.quantized, calib), b = examples::run_model(back, calib);
