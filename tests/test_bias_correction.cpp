@@ -1,5 +1,4 @@
 #include <quant/bias_correction.hpp>
-#include <quant/config.hpp>  // im2col.hpp uses QUANT_RESTRICT without including it
 #include <quant/im2col.hpp>
 #include <quant/reference/transforms.hpp>
 
